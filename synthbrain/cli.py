@@ -1,0 +1,5 @@
+"""synthbrain command-line interface (placeholder until the CLI lands)."""
+
+
+def main() -> None:
+    raise SystemExit("synthbrain: CLI not built yet")
