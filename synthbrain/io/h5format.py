@@ -186,20 +186,25 @@ class H5Writer:
         sid = str(subject_id)
         if not sid or "/" in sid or sid in self._brain_z:
             raise ValueError(f"subject id {sid!r} is empty, holds '/' or was already added")
-        mask = self._check("brain_mask", brain_mask, False) > 0
-        group = self._subjects.create_group(sid)
-        self._volume(group, "images", self._check("images", images, True), np.float32)
-        self._volume(group, "brain_mask", mask, np.uint8)
+        # validate everything before creating the group, so a rejected subject leaves no trace
+        volumes = {
+            "images": (self._check("images", images, True), np.float32),
+            "brain_mask": (self._check("brain_mask", brain_mask, False) > 0, np.uint8),
+        }
         if labels is not None:
             lab = self._check("labels", labels, False)
             if lab.min() < 0 or lab.max() > 255 or not np.array_equal(lab, np.round(lab)):
                 raise ValueError("labels must be integers in 0..255")
-            self._volume(group, "labels", lab, np.uint8)
+            volumes["labels"] = (lab, np.uint8)
         if healthy is not None:
-            self._volume(group, "healthy", self._check("healthy", healthy, True), np.float32)
+            volumes["healthy"] = (self._check("healthy", healthy, True), np.float32)
         values = {"spacing": self.spacing, "healthy": labels is None, **(attrs or {})}
-        for key, value in values.items():
-            group.attrs[key] = _json_attr(value)
+        encoded = {key: _json_attr(value) for key, value in values.items()}
+        group = self._subjects.create_group(sid)
+        for name, (data, dtype) in volumes.items():
+            self._volume(group, name, data, dtype)
+        group.attrs.update(encoded)
+        mask = volumes["brain_mask"][0]
         self._brain_z[sid] = np.flatnonzero(mask.any(axis=(0, 1)))
 
     def finish(
