@@ -1,5 +1,319 @@
-"""synthbrain command-line interface (placeholder until the CLI lands)."""
+"""synthbrain command-line interface: parse, validate, call `synthbrain.api`, report. No maths here.
+
+torch and the heavy libraries are imported inside the commands, so `synthbrain --help` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from synthbrain import __version__
+from synthbrain.errors import SynthbrainError
+
+app = typer.Typer(
+    name="synthbrain",
+    help="Synthetic paired brain-MRI datasets with diffusion models: "
+    "generate lesion/brain pairs, heal and implant lesions in real scans, synthesise contrast.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+weights_app = typer.Typer(help="List, verify and locate model weights.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Validate and merge run manifests.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+app.add_typer(manifest_app, name="manifest")
+
+_state = {"debug": bool(os.environ.get("SYNTHBRAIN_DEBUG"))}
+
+# Options shared by the commands (Annotated aliases keep every signature short).
+Seed = Annotated[int, typer.Option(help="Run seed; sample k uses a seed derived from (seed, k).")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON summary line on stdout.")]
+Progress = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Force progress bars on or off (default: on when stdout is a terminal).",
+        show_default=False,
+    ),
+]
+Overwrite = Annotated[
+    bool, typer.Option(help="Replace a previous run in the output folder (only our own files).")
+]
+Resume = Annotated[bool, typer.Option(help="Continue a previous run, skipping verified samples.")]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        help="Run shard i of N as 'i/N' (0-based); default from SLURM_ARRAY_TASK_ID/COUNT.",
+        show_default=False,
+    ),
+]
+Layout = Annotated[str, typer.Option(help="Output layout: flat | bids | nnunet.")]
 
 
-def main() -> None:
-    raise SystemExit("synthbrain: CLI not built yet")
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"synthbrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of internal errors.")
+    ] = False,
+) -> None:
+    """Synthetic paired brain-MRI datasets with diffusion models."""
+    _state["debug"] = _state["debug"] or debug
+
+
+def _reporter(quiet: bool, json_mode: bool, progress: bool | None):  # noqa: ANN202
+    from synthbrain.progress import Reporter
+
+    return Reporter(quiet=quiet, json_mode=json_mode, progress=progress)
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    """'t1,t2' -> ('t1', 't2')."""
+    if value is None:
+        return None
+    return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+def _ints(value: str | None, option: str) -> tuple[int, ...] | None:
+    """'96,112,96' -> (96, 112, 96), with a usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated integers, got {value!r}", param_hint=option
+        ) from None
+
+
+def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1)."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated numbers, got {value!r}", param_hint=option
+        ) from None
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path | None, typer.Option(help="Output folder (volumes + manifest).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Number of subjects.")] = 10,
+    lesion: Annotated[str, typer.Option(help="stroke | wmh | tumor | none.")] = "stroke",
+    contrasts: Annotated[str, typer.Option(help="Comma-separated: t1,t2,flair,t1gd.")] = "t1",
+    spacing: Annotated[float, typer.Option(help="Voxel size in mm: 1 or 2.")] = 2.0,
+    hdf5: Annotated[
+        Path | None,
+        typer.Option(help="Also (or only) write a training set in preprocess's format."),
+    ] = None,
+    layout: Layout = "flat",
+    mass_effect: Annotated[bool, typer.Option(help="Tumours displace nearby tissue.")] = False,
+    preview: Annotated[bool, typer.Option(help="Write a tri-planar PNG per subject.")] = False,
+    split: Annotated[
+        str, typer.Option(help="train,val,test fractions for --hdf5.")
+    ] = "0.8,0.1,0.1",
+    slices: Annotated[
+        bool, typer.Option(help="Index axial slices in --hdf5 (2-D engines).")
+    ] = False,
+    shard: Shard = None,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+    quiet: Quiet = False,
+    json_: Json = False,
+    progress: Progress = None,
+) -> None:
+    """Make procedural subjects from MNI152: lesioned image(s), labels, healthy substrate.
+
+    Example: synthbrain phantom --n 20 --lesion tumor --contrasts t1,t2,flair,t1gd --out ph/
+    """
+    from synthbrain import api
+
+    if out is None and hdf5 is None:
+        raise typer.BadParameter("give --out, --hdf5 or both", param_hint="--out")
+    report = _reporter(quiet, json_, progress)
+    summary = api.phantom(
+        out=out,
+        hdf5=hdf5,
+        n=n,
+        lesion=lesion,
+        contrasts=_csv(contrasts),
+        spacing=spacing,
+        layout=layout,
+        mass_effect=mass_effect,
+        preview=preview,
+        split=_floats(split, "--split"),
+        slices=slices,
+        shard=shard,
+        seed=seed,
+        overwrite=overwrite,
+        resume=resume,
+        reporter=report,
+    )
+    report.summary(summary)
+
+
+@app.command()
+def preprocess(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Cohort folder(s) (BraTS, ATLAS/BIDS, healthy) or a CSV.")
+    ],
+    out: Annotated[Path, typer.Option(help="The HDF5 training set to write.")],
+    layout: Annotated[str, typer.Option(help="auto | brats | atlas | healthy | csv.")] = "auto",
+    spacing: Annotated[float, typer.Option(help="Target voxel size in mm.")] = 1.0,
+    grid: Annotated[
+        str | None, typer.Option(help="Target grid, e.g. 160,192,160 (default: fits the brain).")
+    ] = None,
+    n4: Annotated[bool, typer.Option(help="N4 bias-field correction (SimpleITK).")] = False,
+    contrasts: Annotated[str | None, typer.Option(help="Keep only these contrasts.")] = None,
+    split: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
+    slices: Annotated[bool, typer.Option(help="Index axial slices for 2-D engines.")] = False,
+    workers: Annotated[int, typer.Option(help="Subjects processed in parallel.")] = 1,
+    strict: Annotated[bool, typer.Option(help="Stop at the first bad subject.")] = False,
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON config file.")] = None,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    json_: Json = False,
+    progress: Progress = None,
+) -> None:
+    """Turn NIfTI cohorts into one HDF5 training set with a subject-level train/val/test split.
+
+    Example: synthbrain preprocess BraTS2023/ --out brats.h5 --spacing 2 --slices
+    """
+    from synthbrain import api
+
+    report = _reporter(quiet, json_, progress)
+    summary = api.preprocess(
+        inputs,
+        out,
+        config_file=config,
+        overrides={
+            "layout": layout,
+            "spacing": spacing,
+            "grid": _ints(grid, "--grid"),
+            "n4": n4,
+            "contrasts": _csv(contrasts),
+            "split": _floats(split, "--split"),
+            "slices": slices,
+            "workers": workers,
+            "strict": strict,
+            "seed": seed,
+        },
+        overwrite=overwrite,
+        reporter=report,
+    )
+    report.summary(summary)
+
+
+@weights_app.command("list")
+def weights_list(json_: Json = False) -> None:
+    """List the registered weights (embedded and your own $SYNTHBRAIN_WEIGHTS file)."""
+    from synthbrain import api
+
+    rows = api.weights_table()
+    if json_:
+        _reporter(False, True, False).summary({"weights": rows})
+        return
+    if not rows:
+        typer.echo("no weights registered yet (train some with `synthbrain train`)")
+    for row in rows:
+        typer.echo(f"{row['name']:28s} {row['engine']:12s} {row['lesion']:8s} {row['where']}")
+
+
+@weights_app.command("verify")
+def weights_verify(
+    name: Annotated[str | None, typer.Argument(help="Name or path; default: all.")] = None,
+) -> None:
+    """Check the sha256 of one or all registered weights; exit 2 if any fails."""
+    from synthbrain import api
+
+    failures = 0
+    for row in api.weights_verify(name):
+        typer.echo(f"{'ok  ' if row['ok'] else 'FAIL'} {row['name']}: {row['message']}")
+        failures += not row["ok"]
+    if failures:
+        raise typer.Exit(2)
+
+
+@weights_app.command("path")
+def weights_path(name: Annotated[str, typer.Argument(help="Weights name or path.")]) -> None:
+    """Print the local file of a weights entry (downloading it if it has a URL)."""
+    from synthbrain import weights
+
+    typer.echo(str(weights.resolve(name)))
+
+
+@manifest_app.command("validate")
+def manifest_validate(
+    folder: Annotated[Path, typer.Argument(help="A run's output folder.")], json_: Json = False
+) -> None:
+    """Check every manifest line against the files on disk (sha256); exit 2 on problems."""
+    from synthbrain import api
+
+    summary = api.manifest_validate(folder)
+    _reporter(False, json_, False).summary(summary)
+    if summary["problems"]:
+        raise typer.Exit(2)
+
+
+@manifest_app.command("merge")
+def manifest_merge(
+    sources: Annotated[list[Path], typer.Argument(help="Shard folders or manifest files.")],
+    out: Annotated[Path, typer.Option(help="The merged manifest.jsonl to write.")],
+) -> None:
+    """Merge shard manifests into one (de-duplicated by sample id, sorted)."""
+    from synthbrain.io.outputs import merge_manifests
+
+    typer.echo(str(merge_manifests(sources, out)))
+
+
+from synthbrain import cli_engines  # noqa: E402,F401  (registers train/generate/heal/implant/enhance)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning errors into one-line messages and exit codes."""
+    try:
+        app(args=argv, prog_name="synthbrain", standalone_mode=False)
+    except click.exceptions.Exit as stop:
+        sys.exit(stop.exit_code)
+    except click.ClickException as err:  # usage errors: exit 2
+        err.show()
+        sys.exit(err.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except SynthbrainError as err:
+        if _state["debug"]:
+            traceback.print_exc()
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(err.exit_code)
+    except Exception as err:  # noqa: BLE001 - the last line of defence
+        if _state["debug"]:
+            traceback.print_exc()
+        sys.stderr.write(
+            f"internal error: {type(err).__name__}: {err}\n"
+            "re-run with --debug (synthbrain --debug …) for the traceback\n"
+        )
+        sys.exit(1)

@@ -1,0 +1,274 @@
+"""The plain-function API under every command: what the CLI, tests, notebooks and scripts call.
+
+Every function validates all of its inputs before it writes anything, so a rejected call leaves
+no trace on disk.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from synthbrain import engines
+from synthbrain.config import PhantomConfig, PreprocessConfig, resolve, to_json_dict
+from synthbrain.errors import InputError
+from synthbrain.progress import Reporter
+
+__all__ = [
+    "enhance",
+    "generate",
+    "heal",
+    "implant",
+    "manifest_validate",
+    "phantom",
+    "preprocess",
+    "train",
+    "weights_table",
+    "weights_verify",
+]
+
+
+def _shard(shard: str | None) -> tuple[int, int]:
+    """Shard (index, count) from --shard or the Slurm array environment; (0, 1) if neither."""
+    import os
+
+    from synthbrain.rng import parse_shard, shard_from_env
+
+    if shard is not None:
+        return parse_shard(shard)
+    return shard_from_env(os.environ) or (0, 1)
+
+
+def phantom(
+    *,
+    out: Path | None,
+    hdf5: Path | None = None,
+    n: int = 10,
+    lesion: str = "stroke",
+    contrasts: tuple[str, ...] | None = ("t1",),
+    spacing: float = 2.0,
+    layout: str = "flat",
+    mass_effect: bool = False,
+    preview: bool = False,
+    split: tuple[float, ...] | None = (0.8, 0.1, 0.1),
+    slices: bool = False,
+    shard: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Write `n` phantom subjects (image per contrast, labels, healthy substrate) and a manifest.
+
+    Args:
+        out: output folder in `layout` (flat, bids, nnunet); None writes only `hdf5`.
+        hdf5: also write a training set in the format `preprocess` writes.
+        n, lesion, contrasts, spacing, mass_effect: what to draw (see docs/phantom.md).
+        preview: write a tri-planar PNG with the lesion overlaid per subject.
+        split, slices: train/val/test fractions and axial-slice index for `hdf5`.
+        shard: 'i/N' writes only samples k with k % N == i; seeds depend on (seed, k) alone.
+        seed: run seed; subject k is drawn from derive_seed(seed, k).
+        overwrite, resume: what to do with an output folder that holds a previous run.
+    """
+    from synthbrain.phantom_run import run_phantom
+
+    reporter = reporter or Reporter(quiet=True)
+    config = resolve(
+        PhantomConfig,
+        overrides={
+            "n": n,
+            "lesion": lesion,
+            "contrasts": contrasts,
+            "spacing": spacing,
+            "layout": layout,
+            "mass_effect": mass_effect,
+            "preview": preview,
+            "seed": seed,
+        },
+    )
+    if hdf5 is not None and Path(hdf5).exists() and not overwrite:
+        raise InputError("HDF5 file exists already (use --overwrite to replace it)", hdf5)
+    return run_phantom(
+        config,
+        out=out,
+        hdf5=hdf5,
+        split=tuple(split or (0.8, 0.1, 0.1)),
+        slices=slices,
+        shard=_shard(shard),
+        overwrite=overwrite,
+        resume=resume,
+        reporter=reporter,
+    )
+
+
+def preprocess(
+    inputs: list[Path],
+    out: Path,
+    *,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """NIfTI cohorts (BraTS, ATLAS/BIDS, healthy folders, CSV) into one HDF5 training set.
+
+    Args:
+        inputs: cohort folders or CSV files.
+        out: the HDF5 file to write (a fingerprint JSON is written beside it).
+        config_file, overrides: settings (see `PreprocessConfig`); overrides win over the file.
+        overwrite: replace an existing HDF5 file.
+    """
+    from synthbrain import preprocess as pipeline
+
+    reporter = reporter or Reporter(quiet=True)
+    config = resolve(PreprocessConfig, config_file, overrides)
+    for path in inputs:
+        if not Path(path).exists():
+            raise InputError("input not found", path)
+    started = time.perf_counter()
+    with reporter.task("preprocess", total=None) as advance:
+        result = pipeline.preprocess(
+            [Path(p) for p in inputs],
+            Path(out),
+            layout=config.layout,
+            spacing=config.spacing,
+            grid=config.grid,
+            n4=config.n4,
+            contrasts=config.contrasts,
+            split=config.split,
+            seed=config.seed,
+            slices=config.slices,
+            workers=config.workers,
+            strict=config.strict,
+            overwrite=overwrite,
+            progress=advance,
+        )
+    for name, reason in getattr(result, "skipped", []):
+        reporter.warn(f"skipped {name}: {reason}")
+    summary = _as_dict(result)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    summary["config"] = to_json_dict(config)
+    return summary
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    """A report dataclass (or dict) as a JSON-ready dict."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(result):
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(result).items()}
+    return dict(result)
+
+
+def train(
+    *,
+    engine: str,
+    data: Path,
+    out: Path,
+    config_file: Path | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Fit an engine on an HDF5 set written by `preprocess` (or `phantom --hdf5`)."""
+    engines.check_name(engine)
+    if not Path(data).is_file():
+        raise InputError("training set not found", data)
+    module = engines.load(engine, command="train")
+    return module.train(
+        data=Path(data),
+        out=Path(out),
+        config_file=config_file,
+        steps=steps,
+        batch_size=batch_size,
+        resume=resume,
+        device=device,
+        seed=seed,
+        reporter=reporter or Reporter(quiet=True),
+    )
+
+
+def generate(*, out: Path, engine: str | None = None, **options: Any) -> dict[str, Any]:
+    """Generate triplets (pathological image, lesion mask, healthy substrate) and a manifest."""
+    from synthbrain.edit_inputs import check_generate
+
+    engine = engine or ("deviation" if options.get("lesion") == "tumor" else "paired")
+    check_generate(out=Path(out), engine=engine, **options)
+    module = engines.load(engine, command="generate")
+    return module.generate(out=Path(out), **options)
+
+
+def heal(*, scan: Path, engine: str | None = None, mask: Path | None = None, **options: Any):
+    """The healthy counterpart of `scan`, written on the scan's own grid."""
+    from synthbrain.edit_inputs import check_edit
+
+    engine = engine or ("deviation" if mask is not None else "paired")
+    inputs = check_edit(scan=scan, mask=mask, command="heal", engine=engine, **options)
+    module = engines.load(engine, command="heal")
+    return module.heal(inputs, **options)
+
+
+def implant(*, scan: Path, mask: Path, engine: str | None = None, **options: Any):
+    """The same anatomy as `scan` with the lesion of `mask` implanted."""
+    from synthbrain.edit_inputs import check_edit
+
+    engine = engine or "paired"
+    inputs = check_edit(scan=scan, mask=mask, command="implant", engine=engine, **options)
+    module = engines.load(engine, command="implant")
+    return module.implant(inputs, **options)
+
+
+def enhance(**options: Any) -> dict[str, Any]:
+    """A synthetic contrast-enhanced T1 and enhancing-tumour mask from T1, T2 and FLAIR."""
+    from synthbrain.edit_inputs import check_enhance
+
+    inputs = check_enhance(**options)
+    module = engines.load("deformation", command="enhance")
+    return module.enhance(inputs, **options)
+
+
+def weights_table() -> list[dict[str, Any]]:
+    """One row per registered weights entry."""
+    from synthbrain import weights
+
+    rows = []
+    for entry in weights.registry().values():
+        where = entry.file or entry.url or "?"
+        rows.append(
+            {"name": entry.name, "engine": entry.engine, "lesion": entry.lesion, "where": where}
+        )
+    return rows
+
+
+def weights_verify(name: str | None = None) -> list[dict[str, Any]]:
+    """Check sha256 of one named entry or of all entries."""
+    from synthbrain import weights
+
+    entries = weights.registry()
+    if name is not None:
+        if name not in entries:
+            raise InputError(f"no weights named {name!r}; known: {', '.join(entries) or 'none'}")
+        entries = {name: entries[name]}
+    rows = []
+    for entry in entries.values():
+        ok, message = weights.verify(entry)
+        rows.append({"name": entry.name, "ok": ok, "message": message})
+    return rows
+
+
+def manifest_validate(folder: Path) -> dict[str, Any]:
+    """Validate a run folder's manifest against its files."""
+    from synthbrain.io.outputs import validate_manifest
+
+    if not Path(folder).is_dir():
+        raise InputError("not a folder", folder)
+    report = validate_manifest(Path(folder))
+    return {
+        "folder": str(folder),
+        "ok": len(report.ok),
+        "problems": [f"{sample}: {why}" for sample, why in report.problems],
+    }

@@ -1,0 +1,228 @@
+"""The engine-backed commands: train, generate, heal, implant, enhance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synthbrain.cli import (
+    Device,
+    Json,
+    Layout,
+    Overwrite,
+    Progress,
+    Quiet,
+    Resume,
+    Seed,
+    Shard,
+    _reporter,
+    app,
+)
+
+Engine = Annotated[str | None, typer.Option(help="paired | deviation (default: by command).")]
+Weights = Annotated[
+    str | None, typer.Option(help="Weights name (see `synthbrain weights list`) or file path.")
+]
+Steps = Annotated[int | None, typer.Option(help="Sampling steps (default: the engine's).")]
+Sampler = Annotated[str, typer.Option(help="ddim | dpm++.")]
+MaskOpt = Annotated[Path | None, typer.Option(help="Lesion mask (NIfTI) on the scan's grid.")]
+ResampleMask = Annotated[
+    bool, typer.Option(help="Resample a mask whose grid differs from the scan's (nearest).")
+]
+LabelOpt = Annotated[
+    bool, typer.Option("--label", help="Accept a label map as mask (non-zero = lesion).")
+]
+
+
+@app.command()
+def train(
+    engine: Annotated[str, typer.Option(help="paired | deviation | deformation.")],
+    data: Annotated[Path, typer.Option(help="HDF5 set written by `synthbrain preprocess`.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics, weights.")],
+    config: Annotated[Path | None, typer.Option(help="TOML config (see examples/configs).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the number of steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override the batch size.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.pt.")] = False,
+    device: Device = "auto",
+    seed: Seed = 0,
+    quiet: Quiet = False,
+    json_: Json = False,
+    progress: Progress = None,
+) -> None:
+    """Fit an engine on an HDF5 set; one GPU or many (torchrun), resumable.
+
+    Example: synthbrain train --engine deviation --data brats.h5 --out runs/dev
+    """
+    from synthbrain import api
+
+    report = _reporter(quiet, json_, progress)
+    summary = api.train(
+        engine=engine,
+        data=data,
+        out=out,
+        config_file=config,
+        steps=steps,
+        batch_size=batch_size,
+        resume=resume,
+        device=device,
+        seed=seed,
+        reporter=report,
+    )
+    report.summary(summary)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    n: Annotated[int, typer.Option("--n", help="Number of triplets.")] = 10,
+    lesion: Annotated[str, typer.Option(help="Lesion type, e.g. stroke, wmh, tumor.")] = "stroke",
+    engine: Engine = None,
+    weights: Weights = None,
+    batch_size: Annotated[int, typer.Option(help="Samples drawn together.")] = 1,
+    steps: Steps = None,
+    sampler: Sampler = "ddim",
+    anatomy: Annotated[
+        Path | None, typer.Option(help="Folder of healthy scans (deviation engine).")
+    ] = None,
+    masks: Annotated[Path | None, typer.Option(help="Folder of lesion masks to use.")] = None,
+    layout: Layout = "flat",
+    preview: Annotated[bool, typer.Option(help="Write a tri-planar PNG per sample.")] = False,
+    shard: Shard = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+    quiet: Quiet = False,
+    json_: Json = False,
+    progress: Progress = None,
+) -> None:
+    """Generate triplets: pathological image, lesion mask, healthy substrate, plus a manifest.
+
+    Example: synthbrain generate --n 500 --lesion stroke --out synth/
+    """
+    from synthbrain import api
+
+    report = _reporter(quiet, json_, progress)
+    summary = api.generate(
+        out=out, n=n, lesion=lesion, engine=engine, weights=weights, batch_size=batch_size,
+        steps=steps, sampler=sampler, anatomy=anatomy, masks=masks, layout=layout,
+        preview=preview, shard=shard, seed=seed, device=device, overwrite=overwrite,
+        resume=resume, reporter=report,
+    )  # fmt: skip
+    report.summary(summary)
+
+
+@app.command()
+def heal(
+    scan: Annotated[Path, typer.Argument(help="The scan to heal (NIfTI).")],
+    out: Annotated[Path | None, typer.Option(help="Output file (default: <scan>_healed).")] = None,
+    mask: MaskOpt = None,
+    engine: Engine = None,
+    weights: Weights = None,
+    alpha0: Annotated[float, typer.Option(help="ACG strength α0.")] = 20.0,
+    k: Annotated[float, typer.Option("--k", help="ACG decay k.")] = 0.5,
+    t_start: Annotated[int | None, typer.Option(help="Edit start step (default 300).")] = None,
+    steps: Steps = None,
+    sampler: Sampler = "ddim",
+    in_template_space: Annotated[
+        bool, typer.Option(help="The scan is already in MNI152 space: skip registration.")
+    ] = False,
+    resample_mask: ResampleMask = False,
+    label: LabelOpt = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    json_: Json = False,
+    progress: Progress = None,
+) -> None:
+    """Write the healthy counterpart of a scan, on the scan's own grid.
+
+    Example: synthbrain heal sub-01_T1w.nii.gz --out sub-01_healed.nii.gz
+    """
+    from synthbrain import api
+
+    report = _reporter(quiet, json_, progress)
+    summary = api.heal(
+        scan=scan, out=out, mask=mask, engine=engine, weights=weights, alpha0=alpha0, k=k,
+        t_start=t_start, steps=steps, sampler=sampler, in_template_space=in_template_space,
+        resample_mask=resample_mask, label=label, seed=seed, device=device,
+        overwrite=overwrite, reporter=report,
+    )  # fmt: skip
+    report.summary(summary)
+
+
+@app.command()
+def implant(
+    scan: Annotated[Path, typer.Argument(help="The healthy scan (NIfTI).")],
+    mask: Annotated[Path, typer.Option(help="Lesion mask to implant (NIfTI).")],
+    out: Annotated[Path | None, typer.Option(help="Output file (default: <scan>_implant).")] = None,
+    engine: Engine = None,
+    weights: Weights = None,
+    variants: Annotated[int, typer.Option(help="Different lesions for the same mask.")] = 1,
+    severity: Annotated[float, typer.Option(help="Deviation scale in [0, 2].")] = 1.0,
+    steps: Steps = None,
+    sampler: Sampler = "ddim",
+    in_template_space: Annotated[
+        bool, typer.Option(help="The scan is already in MNI152 space: skip registration.")
+    ] = False,
+    resample_mask: ResampleMask = False,
+    label: LabelOpt = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    json_: Json = False,
+    progress: Progress = None,
+) -> None:
+    """Implant a lesion into a healthy scan: the same anatomy with that lesion.
+
+    Example: synthbrain implant healthy.nii.gz --mask lesion.nii.gz --out with_lesion.nii.gz
+    """
+    from synthbrain import api
+
+    report = _reporter(quiet, json_, progress)
+    summary = api.implant(
+        scan=scan, mask=mask, out=out, engine=engine, weights=weights, variants=variants,
+        severity=severity, steps=steps, sampler=sampler, in_template_space=in_template_space,
+        resample_mask=resample_mask, label=label, seed=seed, device=device,
+        overwrite=overwrite, reporter=report,
+    )  # fmt: skip
+    report.summary(summary)
+
+
+@app.command()
+def enhance(
+    subject: Annotated[
+        Path | None, typer.Argument(help="A BraTS-layout subject folder (instead of --t1 …).")
+    ] = None,
+    t1: Annotated[Path | None, typer.Option(help="Native T1 (NIfTI).")] = None,
+    t2: Annotated[Path | None, typer.Option(help="T2 (NIfTI).")] = None,
+    flair: Annotated[Path | None, typer.Option(help="FLAIR (NIfTI).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Synthetic T1Gd to write.")] = None,
+    mask_out: Annotated[Path | None, typer.Option(help="Enhancing-tumour mask to write.")] = None,
+    register: Annotated[bool, typer.Option(help="Rigidly register T2 and FLAIR onto T1.")] = False,
+    weights: Weights = None,
+    steps: Steps = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    json_: Json = False,
+    progress: Progress = None,
+) -> None:
+    """Synthesise a contrast-enhanced T1 and its enhancing-tumour mask from T1, T2 and FLAIR.
+
+    Example: synthbrain enhance --t1 t1.nii.gz --t2 t2.nii.gz --flair flair.nii.gz --out t1gd.nii.gz
+    """
+    from synthbrain import api
+
+    report = _reporter(quiet, json_, progress)
+    summary = api.enhance(
+        subject=subject, t1=t1, t2=t2, flair=flair, out=out, mask_out=mask_out,
+        register=register, weights=weights, steps=steps, seed=seed, device=device,
+        overwrite=overwrite, reporter=report,
+    )  # fmt: skip
+    report.summary(summary)

@@ -1,0 +1,188 @@
+"""Validation of generate / heal / implant / enhance inputs, done before anything is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthbrain.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class EditInputs:
+    """A validated scan (and mask) with the output path it will be written to."""
+
+    scan: Any  # synthbrain.io.nifti.Volume
+    mask: Any | None
+    out: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EnhanceInputs:
+    """Validated T1, T2 and FLAIR volumes and the outputs to write."""
+
+    t1: Any
+    t2: Any
+    flair: Any
+    out: Path
+    mask_out: Path | None
+    ignored: list[Path] = field(default_factory=list)
+
+
+def stem(path: Path) -> str:
+    """File name without .nii / .nii.gz."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def check_output_file(out: Path, inputs: list[Path], overwrite: bool) -> Path:
+    """An output NIfTI path that is not an input and does not clobber a file unless asked."""
+    out = Path(out)
+    if not out.name.endswith(NIFTI_SUFFIXES):
+        raise InputError("output must end in .nii or .nii.gz", out)
+    for given in inputs:
+        if given is not None and out.resolve() == Path(given).resolve():
+            raise InputError("output would overwrite an input file; choose another --out", out)
+    if out.exists() and not overwrite:
+        raise InputError("output exists already (use --overwrite to replace it)", out)
+    if not out.parent.exists():
+        raise InputError("output folder does not exist", out.parent)
+    return out
+
+
+def load_mask_for(scan, mask_path: Path, *, resample_mask: bool, label: bool):  # noqa: ANN001, ANN201
+    """Load a lesion mask and bring it onto the scan's grid (or refuse a different grid)."""
+    from synthbrain.io.nifti import load_volume
+    from synthbrain.io.validate import check_same_grid, resample_mask_to
+
+    mask = load_volume(mask_path, kind="label" if label else "mask", label=label)
+    if resample_mask:
+        try:
+            check_same_grid(scan, mask)
+        except InputError:
+            mask = resample_mask_to(scan, mask)
+    else:
+        check_same_grid(scan, mask)
+    return mask
+
+
+def check_edit(
+    *,
+    scan: Path,
+    mask: Path | None,
+    command: str,
+    engine: str,
+    out: Path | None = None,
+    overwrite: bool = False,
+    resample_mask: bool = False,
+    label: bool = False,
+    severity: float = 1.0,
+    variants: int = 1,
+    **_: Any,
+) -> EditInputs:
+    """Validate heal/implant inputs: readable scan, binary mask on its grid, a safe output path."""
+    from synthbrain import engines
+    from synthbrain.io.nifti import load_volume
+    from synthbrain.io.validate import require_nonempty_mask
+
+    engines.check_name(engine)
+    if command == "implant" and not 0.0 <= severity <= 2.0:
+        raise InputError(f"--severity must lie in [0, 2], got {severity}")
+    if variants < 1:
+        raise InputError(f"--variants must be at least 1, got {variants}")
+    image = load_volume(scan, kind="image")
+    lesion = None
+    if mask is not None:
+        lesion = load_mask_for(image, mask, resample_mask=resample_mask, label=label)
+        if command == "implant":
+            require_nonempty_mask(lesion, mask)
+    suffix = "healed" if command == "heal" else "implant"
+    target = Path(out) if out is not None else Path.cwd() / f"{stem(scan)}_{suffix}.nii.gz"
+    target = check_output_file(target, [scan, mask], overwrite)
+    return EditInputs(scan=image, mask=lesion, out=target)
+
+
+def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: bool = False,
+                   n: int = 1, batch_size: int = 1, anatomy: Path | None = None,
+                   masks: Path | None = None, **_: Any) -> None:  # fmt: skip
+    """Validate generate's options and output folder before the engine runs."""
+    from synthbrain import engines
+
+    engines.check_name(engine)
+    if n < 1 or batch_size < 1:
+        raise InputError("--n and --batch-size must be at least 1")
+    for folder, option in ((anatomy, "--anatomy"), (masks, "--masks")):
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(f"{option} must be a folder of NIfTI files", folder)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError("output exists and is not a folder", out)
+
+
+BRATS_PATTERNS = {
+    "t1": ("*_t1.nii*", "*-t1n.nii*"),
+    "t2": ("*_t2.nii*", "*-t2w.nii*"),
+    "flair": ("*_flair.nii*", "*-t2f.nii*"),
+    "t1gd": ("*_t1ce.nii*", "*-t1c.nii*"),
+}
+
+
+def find_brats_contrast(folder: Path, contrast: str) -> Path | None:
+    """The file of one contrast in a BraTS 2020/2023 subject folder, if present."""
+    for pattern in BRATS_PATTERNS[contrast]:
+        found = sorted(Path(folder).glob(pattern))
+        if len(found) > 1:
+            raise InputError(f"several {contrast} files match {pattern}", folder)
+        if found:
+            return found[0]
+    return None
+
+
+def check_enhance(
+    *,
+    subject: Path | None = None,
+    t1: Path | None = None,
+    t2: Path | None = None,
+    flair: Path | None = None,
+    out: Path | None = None,
+    mask_out: Path | None = None,
+    register: bool = False,
+    overwrite: bool = False,
+    **_: Any,
+) -> EnhanceInputs:
+    """Validate enhance inputs: all three contrasts, one grid (or --register), safe outputs."""
+    from synthbrain.io.nifti import load_volume
+    from synthbrain.io.validate import check_same_grid
+
+    given = {"t1": t1, "t2": t2, "flair": flair}
+    ignored: list[Path] = []
+    if subject is not None:
+        if not Path(subject).is_dir():
+            raise InputError("not a BraTS subject folder", subject)
+        for contrast in given:
+            given[contrast] = given[contrast] or find_brats_contrast(subject, contrast)
+        t1gd = find_brats_contrast(subject, "t1gd")
+        ignored = [t1gd] if t1gd is not None else []
+    missing = [name for name, path in given.items() if path is None]
+    if missing:
+        where = f" in {subject}" if subject is not None else ""
+        raise InputError(f"missing contrast(s){where}: {', '.join(missing)} (give --{missing[0]})")
+    volumes = {name: load_volume(path, kind="image") for name, path in given.items()}
+    if not register:
+        for name in ("t2", "flair"):
+            check_same_grid(volumes["t1"], volumes[name], what=name)
+    base = stem(given["t1"])
+    target = Path(out) if out is not None else Path.cwd() / f"{base}_t1gd.nii.gz"
+    inputs = [p for p in given.values()]
+    target = check_output_file(target, inputs, overwrite)
+    mask_target = check_output_file(Path(mask_out), inputs, overwrite) if mask_out else None
+    return EnhanceInputs(
+        t1=volumes["t1"], t2=volumes["t2"], flair=volumes["flair"], out=target,
+        mask_out=mask_target, ignored=ignored,
+    )  # fmt: skip

@@ -1,0 +1,173 @@
+"""`synthbrain phantom`: draw subjects, write them as a run folder and/or an HDF5 training set."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthbrain.config import PhantomConfig, to_json_dict
+from synthbrain.progress import Reporter
+
+BRATS_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "enhancing": 3}
+BINARY_LABELS = {"background": 0, "lesion": 1}
+
+
+def label_names(lesion: str) -> dict[str, int]:
+    """Label values written for a lesion type (BraTS 2023 naming for tumours)."""
+    return BRATS_LABELS if lesion == "tumor" else BINARY_LABELS
+
+
+def subject_volumes(subject: Any, contrasts: tuple[str, ...]) -> dict[str, Any]:
+    """The volumes of one phantom subject under RunWriter's keys."""
+    from synthbrain.io.nifti import Volume
+
+    volumes: dict[str, Any] = {}
+    several = len(contrasts) > 1
+    for contrast in contrasts:
+        key = f"_{contrast}" if several else ""
+        volumes[f"image{key}"] = Volume(subject.images[contrast], subject.affine)
+        volumes[f"healthy{key}"] = Volume(subject.healthy[contrast], subject.affine)
+    volumes["mask"] = Volume(subject.labels.astype(np.uint8), subject.affine)
+    return volumes
+
+
+def _record(config: PhantomConfig, k: int, seed: int, subject: Any, seconds: float) -> dict:
+    """The manifest fields of one phantom subject (its parameters make it replayable)."""
+    from synthbrain.io.outputs import lesion_volume_ml
+
+    return {
+        "index": k,
+        "seed": seed,
+        "engine": "phantom",
+        "weights": None,
+        "weights_sha256": None,
+        "lesion": config.lesion,
+        "lesion_ml": round(lesion_volume_ml(subject.labels > 0, subject.affine), 3),
+        "contrasts": list(config.contrasts),
+        "params": subject.params.to_json(),
+        "seconds": round(seconds, 3),
+    }
+
+
+def run_phantom(
+    config: PhantomConfig,
+    *,
+    out: Path | None,
+    hdf5: Path | None,
+    split: tuple[float, ...],
+    slices: bool,
+    shard: tuple[int, int],
+    overwrite: bool,
+    resume: bool,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Draw and write this shard's subjects; returns a JSON-ready summary."""
+    from synthbrain.io.dataset import H5Writer
+    from synthbrain.io.outputs import RunWriter
+    from synthbrain.phantom import draw_subject, grid_shape, make_subject
+    from synthbrain.rng import derive_seed, generator_for, shard_indices
+
+    started = time.perf_counter()
+    writer = None
+    if out is not None:
+        writer = RunWriter(
+            out,
+            layout=config.layout,
+            config=to_json_dict(config),
+            overwrite=overwrite,
+            resume=resume,
+            dataset_name="synthbrain-phantom",
+            channel_names=config.contrasts,
+            labels=label_names(config.lesion),
+        )
+    h5 = None
+    if hdf5 is not None:
+        h5 = H5Writer(
+            hdf5,
+            contrasts=list(config.contrasts),
+            spacing=[config.spacing] * 3,
+            grid=list(grid_shape(config.spacing)),
+            label_names=label_names(config.lesion),
+            label_convention="brats2023" if config.lesion == "tumor" else "binary",
+        )
+    indices = shard_indices(config.n, shard)
+    done = writer.finished_ids() if (writer is not None and resume) else set()
+    written, skipped = [], 0
+    with reporter.task(f"phantom {config.lesion}", total=len(indices)) as advance:
+        for k in indices:
+            sample_id = f"phantom{k:05d}"
+            if sample_id in done and h5 is None:
+                skipped += 1
+                advance(1)
+                continue
+            t0 = time.perf_counter()
+            seed = derive_seed(config.seed, k)
+            params = draw_subject(
+                generator_for(seed),
+                lesion=config.lesion,
+                contrasts=config.contrasts,
+                spacing=config.spacing,
+                mass_effect=config.mass_effect,
+            )
+            subject = make_subject(params)
+            if writer is not None and sample_id not in done:
+                record = _record(config, k, seed, subject, time.perf_counter() - t0)
+                writer.write_sample(
+                    sample_id, subject_volumes(subject, config.contrasts), record=record
+                )
+                if config.preview:
+                    _preview(writer, sample_id, subject, config.contrasts[0])
+            if h5 is not None:
+                _add_to_h5(h5, sample_id, subject, config)
+            written.append(sample_id)
+            advance(1)
+    if writer is not None:
+        writer.close()
+    if h5 is not None:
+        h5.finish(split_fractions=split, seed=config.seed, slices=slices)
+    return {
+        "out": str(out) if out else None,
+        "hdf5": str(hdf5) if hdf5 else None,
+        "written": len(written),
+        "skipped_finished": skipped,
+        "shard": f"{shard[0]}/{shard[1]}",
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _add_to_h5(h5: Any, sample_id: str, subject: Any, config: PhantomConfig) -> None:
+    """Store one subject in the training set, contrasts as channels."""
+    images = np.stack([subject.images[c] for c in config.contrasts]).astype(np.float32)
+    healthy = np.stack([subject.healthy[c] for c in config.contrasts]).astype(np.float32)
+    h5.add_subject(
+        sample_id,
+        images=images,
+        brain_mask=subject.brain_mask.astype(np.uint8),
+        labels=subject.labels.astype(np.uint8) if config.lesion != "none" else None,
+        healthy=healthy,
+        attrs={
+            "spacing": [config.spacing] * 3,
+            "affine": subject.affine.tolist(),
+            "healthy": config.lesion == "none",
+            "lesion_type": config.lesion,
+            "params": subject.params.to_json(),
+        },
+    )
+
+
+def _preview(writer: Any, sample_id: str, subject: Any, contrast: str) -> None:
+    """A tri-planar PNG of the first contrast with the lesion overlaid, beside the volumes."""
+    from synthbrain.io.preview import save_preview
+
+    folder = Path(writer.out_dir) / "previews"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_preview(
+        folder / f"{sample_id}.png",
+        subject.images[contrast],
+        subject.labels,
+        affine=subject.affine,
+        title=f"{sample_id} {contrast}",
+    )
