@@ -119,13 +119,13 @@ def preprocess(
         config_file, overrides: settings (see `PreprocessConfig`); overrides win over the file.
         overwrite: replace an existing HDF5 file.
     """
-    from synthbrain import preprocess as pipeline
-
     reporter = reporter or Reporter(quiet=True)
     config = resolve(PreprocessConfig, config_file, overrides)
     for path in inputs:
         if not Path(path).exists():
             raise InputError("input not found", path)
+    from synthbrain import preprocess as pipeline
+
     started = time.perf_counter()
     with reporter.task("preprocess", total=None) as advance:
         result = pipeline.preprocess(

@@ -11,7 +11,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from synthbrain import __version__
@@ -31,6 +30,8 @@ manifest_app = typer.Typer(help="Validate and merge run manifests.", no_args_is_
 app.add_typer(weights_app, name="weights")
 app.add_typer(manifest_app, name="manifest")
 
+# Typer ships its own copy of click; take the exception classes from the copy it raises.
+_click_errors = sys.modules[typer.BadParameter.__module__]
 _state = {"debug": bool(os.environ.get("SYNTHBRAIN_DEBUG"))}
 
 # Options shared by the commands (Annotated aliases keep every signature short).
@@ -296,12 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning errors into one-line messages and exit codes."""
     try:
         app(args=argv, prog_name="synthbrain", standalone_mode=False)
-    except click.exceptions.Exit as stop:
+    except typer.Exit as stop:
         sys.exit(stop.exit_code)
-    except click.ClickException as err:  # usage errors: exit 2
+    except _click_errors.ClickException as err:  # usage errors: exit 2
         err.show()
         sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     except SynthbrainError as err:

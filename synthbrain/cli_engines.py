@@ -31,9 +31,35 @@ MaskOpt = Annotated[Path | None, typer.Option(help="Lesion mask (NIfTI) on the s
 ResampleMask = Annotated[
     bool, typer.Option(help="Resample a mask whose grid differs from the scan's (nearest).")
 ]
+Images = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--image",
+        help="Extra contrast as NAME=PATH (t1, t1gd, t2, flair), repeatable; all on one grid.",
+        show_default=False,
+    ),
+]
+Resample = Annotated[
+    bool, typer.Option(help="Resample contrasts on other grids onto the scan's grid.")
+]
 LabelOpt = Annotated[
     bool, typer.Option("--label", help="Accept a label map as mask (non-zero = lesion).")
 ]
+
+
+def _images(values: list[str] | None) -> dict[str, Path] | None:
+    """['t1=a.nii.gz', 'flair=b.nii.gz'] -> {'t1': Path('a.nii.gz'), 'flair': Path('b.nii.gz')}."""
+    if not values:
+        return None
+    images: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"expected NAME=PATH, got {value!r}", param_hint="--image")
+        if name.lower() in images:
+            raise typer.BadParameter(f"contrast {name!r} given twice", param_hint="--image")
+        images[name.lower()] = Path(path)
+    return images
 
 
 @app.command()
@@ -131,6 +157,9 @@ def heal(
     ] = False,
     resample_mask: ResampleMask = False,
     label: LabelOpt = False,
+    image: Images = None,
+    contrast: Annotated[str, typer.Option(help="Contrast of the positional scan.")] = "t1",
+    resample: Resample = False,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -148,7 +177,9 @@ def heal(
     summary = api.heal(
         scan=scan, out=out, mask=mask, engine=engine, weights=weights, alpha0=alpha0, k=k,
         t_start=t_start, steps=steps, sampler=sampler, in_template_space=in_template_space,
-        resample_mask=resample_mask, label=label, seed=seed, device=device,
+        resample_mask=resample_mask, label=label, images=_images(image), contrast=contrast,
+        resample=resample,
+        seed=seed, device=device,
         overwrite=overwrite, reporter=report,
     )  # fmt: skip
     report.summary(summary)
@@ -170,6 +201,9 @@ def implant(
     ] = False,
     resample_mask: ResampleMask = False,
     label: LabelOpt = False,
+    image: Images = None,
+    contrast: Annotated[str, typer.Option(help="Contrast of the positional scan.")] = "t1",
+    resample: Resample = False,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -187,7 +221,9 @@ def implant(
     summary = api.implant(
         scan=scan, mask=mask, out=out, engine=engine, weights=weights, variants=variants,
         severity=severity, steps=steps, sampler=sampler, in_template_space=in_template_space,
-        resample_mask=resample_mask, label=label, seed=seed, device=device,
+        resample_mask=resample_mask, label=label, images=_images(image), contrast=contrast,
+        resample=resample,
+        seed=seed, device=device,
         overwrite=overwrite, reporter=report,
     )  # fmt: skip
     report.summary(summary)

@@ -18,7 +18,7 @@ class EditInputs:
     scan: Any  # synthbrain.io.nifti.Volume
     mask: Any | None
     out: Path
-    extra: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, Any] = field(default_factory=dict)  # contrast -> Volume, the scan included
 
 
 @dataclass
@@ -85,6 +85,9 @@ def check_edit(
     label: bool = False,
     severity: float = 1.0,
     variants: int = 1,
+    images: dict[str, Path] | None = None,
+    contrast: str = "t1",
+    resample: bool = False,
     **_: Any,
 ) -> EditInputs:
     """Validate heal/implant inputs: readable scan, binary mask on its grid, a safe output path."""
@@ -103,10 +106,35 @@ def check_edit(
         lesion = load_mask_for(image, mask, resample_mask=resample_mask, label=label)
         if command == "implant":
             require_nonempty_mask(lesion, mask)
+    volumes = load_contrasts(image, contrast, images or {}, resample=resample)
     suffix = "healed" if command == "heal" else "implant"
     target = Path(out) if out is not None else Path.cwd() / f"{stem(scan)}_{suffix}.nii.gz"
-    target = check_output_file(target, [scan, mask], overwrite)
-    return EditInputs(scan=image, mask=lesion, out=target)
+    target = check_output_file(target, [scan, mask, *(images or {}).values()], overwrite)
+    return EditInputs(scan=image, mask=lesion, out=target, images=volumes)
+
+
+def load_contrasts(scan, contrast: str, extra: dict[str, Path], *, resample: bool) -> dict:  # noqa: ANN001
+    """The scan and the --image contrasts, validated onto the scan's grid."""
+    from synthbrain.io.geometry import resample_to
+    from synthbrain.io.nifti import load_volume
+    from synthbrain.io.validate import check_same_grid
+
+    known = ("t1", "t1gd", "t2", "flair")
+    volumes = {contrast: scan}
+    for name, path in extra.items():
+        if name not in known or name in volumes:
+            why = "given twice" if name in volumes else f"unknown; use {', '.join(known)}"
+            raise InputError(f"contrast {name!r} {why}", path)
+        volume = load_volume(path, kind="image")
+        if resample:
+            try:
+                check_same_grid(scan, volume, what=name)
+            except InputError:
+                volume = resample_to(volume, scan.shape, scan.affine, order=1, header=scan.header)
+        else:
+            check_same_grid(scan, volume, what=name)
+        volumes[name] = volume
+    return volumes
 
 
 def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: bool = False,

@@ -66,7 +66,7 @@ def test_help_does_not_import_torch():
 def test_usage_error_exits_2(capsys):
     code, _, err = run(["phantom", "--n", "notanumber"], capsys)
     assert code == 2
-    assert "notanumber" in err
+    assert "--n" in err
 
 
 def test_unknown_command_exits_2(capsys):
