@@ -52,20 +52,23 @@ def grid_mismatch_mm(a: Volume, b: Volume) -> float:
     return float(np.linalg.norm(((a.affine - b.affine) @ homog)[:3], axis=0).max())
 
 
-def check_same_grid(image: Volume, mask: Volume, tol_mm: float = 1e-3) -> None:
+def check_same_grid(
+    image: Volume, mask: Volume, tol_mm: float = 1e-3, *, what: str = "mask"
+) -> None:
     """Raise InputError (naming the mask) unless the mask lies on the image's voxel grid.
 
     Same shape, and no voxel centre of the image's FOV moves more than `tol_mm` between the two
-    affines. The message suggests --resample-mask.
+    affines. `what` names the second volume in the message ("mask", "t2", ...); for masks the
+    message suggests --resample-mask.
     """
-    hint = "; pass --resample-mask to resample it onto the image (nearest neighbour)"
+    hint = "; pass --resample-mask to resample it onto the image" if what == "mask" else ""
     name = image.path.name if image.path is not None else "the image"
     if mask.shape != image.shape:
-        problem = f"mask shape {mask.shape} differs from {name} shape {image.shape}"
+        problem = f"{what} shape {mask.shape} differs from {name} shape {image.shape}"
         raise InputError(problem + hint, mask.path)
     gap = grid_mismatch_mm(image, mask)
     if gap > tol_mm:
-        problem = f"mask affine differs from that of {name} (voxels up to {gap:.3g} mm apart)"
+        problem = f"{what} affine differs from that of {name} (voxels up to {gap:.3g} mm apart)"
         raise InputError(problem + hint, mask.path)
 
 
