@@ -293,7 +293,7 @@ def resample_to(
     return Volume(out, np.asarray(affine, np.float64).copy(), hdr, vol.path)
 
 
-def resample(vol: Volume, spacing: float | Sequence[float], *, order: int = 1) -> Volume:
+def resample(vol: Volume, spacing: float | Sequence[float], order: int = 1) -> Volume:
     """The same field of view (centre and axes kept) sampled at a new voxel size."""
     new = np.asarray(_triple(spacing, float))
     old = voxel_sizes(vol.affine)
