@@ -1,0 +1,152 @@
+"""The one training loop shared by every engine.
+
+An engine is an `nn.Module` with
+
+- `training_step(batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]`,
+  whose result holds the scalar "loss" (its other scalar entries are logged too);
+- optionally `validation_step(batch, generator) -> dict[str, float]` (default: the losses of
+  training_step under no_grad);
+- optionally `trainable_parameters()` (default: every parameter that requires grad), so a stage
+  can train part of the model with the rest frozen.
+
+`fit` trains it with AdamW, linear warm-up + cosine decay, EMA weights, gradient clipping, bf16
+autocast on CUDA, atomic checkpoints that resume bit for bit, and DistributedDataParallel when
+started by torchrun. The engine need not define forward(): the loop routes DDP's forward to
+training_step itself. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from synthbrain.errors import InputError
+from synthbrain.training.checkpoint import checkpoint_path, load_checkpoint
+from synthbrain.training.config import TrainConfig, resolve_device
+from synthbrain.training.data import check_dataset
+from synthbrain.training.ddp import (
+    DistContext,
+    env_context,
+    finish_distributed,
+    init_distributed,
+    launch_local,
+)
+from synthbrain.training.export import export_weights
+from synthbrain.training.loop import train_loop
+from synthbrain.training.resume import restore_run
+from synthbrain.training.run import new_run, only_trainable
+from synthbrain.training.sampler import ResumableSampler
+from synthbrain.training.schedule import lr_factor
+
+__all__ = ["TrainConfig", "fit", "launch_local", "lr_factor", "ResumableSampler"]
+
+
+def fit(
+    engine: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    config: TrainConfig | dict[str, Any],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stage: str = "main",
+    load_ema_at_end: bool = False,
+) -> dict[str, Any]:
+    """Train `engine` for `config.steps` updates and export its EMA weights.
+
+    Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) every process calls fit: it joins one
+    process group (gloo on CPU, nccl on CUDA), trains with DistributedDataParallel, and only
+    rank 0 writes files.
+
+    Args:
+        engine: the model bundle (see the module docstring); moved to the training device and
+            trained in place (it ends holding the raw weights unless `load_ema_at_end`).
+        train_set: a map-style Dataset whose items are dicts of tensors.
+        val_set: the same kind of Dataset for validation, or None.
+        config: a TrainConfig (or a dict of its fields).
+        out_dir: the run folder: checkpoints/, metrics.jsonl and <stage>.safetensors go here.
+        resume: continue from the stage's checkpoint when there is one (a finished stage only
+            re-exports its weights); without it the stage starts from scratch.
+        progress: show progress on the terminal (a rich bar on a TTY, plain lines otherwise).
+        stage: the stage name, for engines trained in stages ("autoencoder", then
+            "denoiser", ...): it names the weights file and the checkpoint (checkpoints/last.pt
+            for "main", checkpoints/<stage>/last.pt otherwise) and tags the metrics lines.
+        load_ema_at_end: leave the EMA weights (the exported ones) in `engine` at the end.
+
+    Returns:
+        A summary: stage, steps, step (reached), resumed_from (a step or None), losses (the
+        last logged train means), val (the last validation means), checkpoint, weights and
+        metrics paths (str), seconds (training time, summed over resumed runs), device,
+        world_size.
+
+    Raises:
+        InputError: an empty training set, an unusable device or checkpoint, a bad stage name.
+        SynthbrainError: the loss became NaN or infinite.
+    """
+    config = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", stage):
+        raise InputError(f"stage name {stage!r} must be letters, digits, '-' or '_'")
+    check_dataset(train_set, "training set")
+    ctx = env_context()
+    device = resolve_device(config.device, ctx.local_rank if ctx.distributed else None)
+    ctx = init_distributed(ctx, device)
+    options = {"resume": resume, "progress": progress, "load_ema": load_ema_at_end}
+    where = (Path(out_dir), ctx, device, stage)
+    try:
+        summary = _fit_stage(engine, train_set, val_set, config, *where, options)
+    except BaseException:
+        if ctx.owns_group:  # no barrier: the other ranks may never reach it
+            torch.distributed.destroy_process_group()
+        raise
+    finish_distributed(ctx)
+    return summary
+
+
+def _fit_stage(
+    engine: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    config: TrainConfig,
+    out_dir: Path,
+    ctx: DistContext,
+    device: torch.device,
+    stage: str,
+    options: dict[str, bool],
+) -> dict[str, Any]:
+    """Set up, restore, loop, export: one stage on one process."""
+    engine.to(device)
+    ckpt = checkpoint_path(out_dir, stage)
+    weights = out_dir / f"{stage}.safetensors"
+    with only_trainable(engine):
+        run = new_run(engine, config, ctx, device, stage, out_dir)
+        resumed_from = None
+        if options["resume"] and ckpt.exists():
+            restore_run(run, load_checkpoint(ckpt, device), ckpt)
+            resumed_from = run.step
+        run.log.restart(resumed_from)
+        train_loop(run, train_set, val_set, ckpt, options["progress"])
+        if ctx.is_main:
+            meta = {"stage": stage, "step": str(run.step), "ema_decay": str(config.ema_decay)}
+            export_weights(run.ema.export(engine), weights, meta)
+        if options["load_ema"]:
+            engine.load_state_dict(run.ema.export(engine))
+    return {
+        "stage": stage,
+        "steps": config.steps,
+        "step": run.step,
+        "resumed_from": resumed_from,
+        "losses": dict(run.losses),
+        "val": dict(run.val),
+        "checkpoint": str(ckpt),
+        "weights": str(weights),
+        "metrics": str(run.log.path),
+        "seconds": run.seconds(),
+        "device": str(device),
+        "world_size": ctx.world_size,
+    }

@@ -1,0 +1,1 @@
+"""Building blocks of the one training loop (synthbrain.train is the public facade)."""

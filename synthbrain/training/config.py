@@ -1,0 +1,75 @@
+"""TrainConfig: the settings of one training stage, and the device it resolves to."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthbrain.errors import InputError
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training stage (a pydantic model, so config files can embed it).
+
+    Attributes:
+        steps: optimiser updates in the stage.
+        batch_size: examples per update on each process (the global batch is this × world size).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW decoupled weight decay.
+        warmup: updates of linear warm-up before the cosine decay.
+        ema_decay: decay of the exponential moving average of the weights.
+        ema_warmup: ramp the EMA decay as min(ema_decay, (1 + k) / (10 + k)) at update k, so a
+            short run's EMA is not dominated by the random initialisation.
+        grad_clip: maximum global gradient norm (0 disables clipping).
+        checkpoint_every: write checkpoints/last.pt every this many updates (and at the end).
+        log_every: one metrics line every this many updates (and at the end).
+        val_every: validate the EMA weights every this many updates (and at the end).
+        val_batches: batches of the validation set per validation (0 disables validation).
+        seed: the seed of data order, noise and dropout.
+        amp: bf16 autocast on CUDA (no effect on CPU).
+        num_workers: DataLoader worker processes reading the data.
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        find_unused_parameters: passed to DistributedDataParallel; only needed when a trainable
+            parameter gets no gradient in some step.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    warmup: int = Field(default=100, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    ema_warmup: bool = True
+    grad_clip: float = Field(default=1.0, ge=0)
+    checkpoint_every: int = Field(default=500, ge=1)
+    log_every: int = Field(default=50, ge=1)
+    val_every: int = Field(default=500, ge=1)
+    val_batches: int = Field(default=4, ge=0)
+    seed: int = Field(default=0, ge=0)
+    amp: bool = True
+    num_workers: int = Field(default=2, ge=0)
+    device: str = "auto"
+    find_unused_parameters: bool = False
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The torch.device for a config's `device`; under DDP on CUDA, the local rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is None:
+            index = local_rank if local_rank is not None else torch.cuda.current_device()
+            device = torch.device("cuda", index)
+        if device.index >= torch.cuda.device_count():
+            raise InputError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    elif device.type != "cpu":
+        raise InputError(f"device {name!r} is not supported for training (use cpu or cuda)")
+    return device

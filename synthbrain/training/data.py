@@ -1,0 +1,69 @@
+"""DataLoaders of a training stage: a resumable stream for training, a fixed head for validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from synthbrain.errors import InputError
+from synthbrain.training.config import TrainConfig
+from synthbrain.training.ddp import DistContext
+from synthbrain.training.sampler import ResumableSampler, derive_seed, make_generator
+
+
+def check_dataset(dataset: Dataset, what: str) -> None:
+    """A non-empty map-style dataset, or an error saying what is wrong."""
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(f"the {what} must be a map-style Dataset (with __len__ and __getitem__)")
+    if len(dataset) == 0:
+        raise InputError(f"the {what} is empty")
+
+
+def train_loader(
+    dataset: Dataset, cfg: TrainConfig, ctx: DistContext, device: torch.device, step: int
+) -> DataLoader:
+    """An endless training DataLoader whose sampler starts where update `step` stands."""
+    sampler = ResumableSampler(
+        len(dataset),
+        cfg.seed,
+        start=step * cfg.batch_size,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    # The loader's generator only seeds the worker processes (the sampler orders the data).
+    workers = make_generator(derive_seed("workers", cfg.seed, ctx.rank, step))
+    return _loader(dataset, cfg, device, sampler=sampler, generator=workers)
+
+
+def val_loader(
+    dataset: Dataset | None, cfg: TrainConfig, device: torch.device
+) -> DataLoader | None:
+    """The first val_batches batches of the validation set, in order (None: no validation)."""
+    if dataset is None or cfg.val_batches == 0 or len(dataset) == 0:
+        return None
+    head = Subset(dataset, range(min(len(dataset), cfg.val_batches * cfg.batch_size)))
+    return _loader(head, cfg, device, shuffle=False)
+
+
+def _loader(dataset: Dataset, cfg: TrainConfig, device: torch.device, **kwargs: Any) -> DataLoader:
+    """A DataLoader with the config's workers (kept alive between passes) and pinned memory."""
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        pin_memory=device.type == "cuda",
+        **kwargs,
+    )
+
+
+def to_device(batch: Any, device: torch.device) -> dict[str, Any]:
+    """Move a batch's tensors to the device (other entries pass through)."""
+    if not isinstance(batch, dict):
+        raise TypeError(f"dataset items must be dicts of tensors, got {type(batch).__name__}")
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }

@@ -1,0 +1,144 @@
+"""The update loop: train steps, periodic logging, validation and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from synthbrain.errors import SynthbrainError
+from synthbrain.training.data import to_device, train_loader, val_loader
+from synthbrain.training.reporting import Reporter, choose_mode, scalar_values
+from synthbrain.training.resume import save_run
+from synthbrain.training.run import Run
+from synthbrain.training.sampler import derive_seed, make_generator
+
+
+def train_loop(
+    run: Run, train_set: Dataset, val_set: Dataset | None, ckpt: Path, progress: bool
+) -> None:
+    """Train from run.step to config.steps, logging, validating and checkpointing on the way.
+
+    Logging, validation and checkpoints fall on multiples of their intervals and on the last
+    update, so a resumed run does them at the same steps as an uninterrupted one.
+    """
+    cfg = run.config
+    if run.step >= cfg.steps:
+        return
+    loader = train_loader(train_set, cfg, run.ctx, run.device, run.step)
+    val = val_loader(val_set, cfg, run.device) if run.ctx.is_main else None
+    display_every = min(cfg.log_every, 10)  # a bar refresh costs a device sync
+    run.engine.train()
+    with Reporter(run.stage, cfg.steps, run.step, choose_mode(progress, run.ctx.is_main)) as rep:
+        batches = iter(loader)
+        while run.step < cfg.steps:
+            loss = train_step(run, to_device(next(batches), run.device))
+            last = run.step == cfg.steps
+            if rep.mode == "bar" and run.step % display_every == 0:
+                rep.show(run.step, loss.item(), run.lr)
+            if run.step % cfg.log_every == 0 or last:
+                log_train(run, rep)
+            if val is not None and (run.step % cfg.val_every == 0 or last):
+                validate(run, val, rep)
+            if run.step % cfg.checkpoint_every == 0 or last:
+                save_run(run, ckpt, len(train_set))
+        del batches  # stops the DataLoader workers
+
+
+def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
+    """One optimiser update; returns the detached loss."""
+    cfg, rank = run.config, run.ctx.rank
+    # Noise comes from `generator`, dropout from the global RNG: both are functions of
+    # (seed, step, rank) alone, so a resumed run redraws exactly what the original drew.
+    generator = make_generator(derive_seed("noise", cfg.seed, run.step, rank), run.device)
+    with seeded_global_rng(run.device, derive_seed("global", cfg.seed, run.step, rank)):
+        with autocast(run.amp):
+            out = run.model(batch, generator)
+        loss = loss_of(out, run.engine)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    grad_norm = nn.utils.clip_grad_norm_(run.params, max_norm)
+    run.lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    run.ema.update(run.engine, run.step)
+    values = scalar_values(out)
+    values["grad_norm"] = grad_norm
+    run.meter.add(values)
+    return loss.detach()
+
+
+def log_train(run: Run, rep: Reporter) -> None:
+    """Average the window over steps and ranks, write one metrics line, stop on divergence."""
+    means = run.meter.mean(run.ctx)  # a collective: every rank calls it at the same steps
+    run.meter.reset()
+    if not math.isfinite(means.get("loss", 0.0)):
+        raise SynthbrainError(
+            f"training diverged: stage {run.stage}, step {run.step}, loss {means['loss']} "
+            "(try a lower lr or a smaller grad_clip)"
+        )
+    run.losses = {k: v for k, v in means.items() if k != "grad_norm"}
+    record = {"stage": run.stage, "step": run.step, "kind": "train", **means, "lr": run.lr}
+    record["seconds"] = round(run.seconds(), 3)
+    run.log.write(record)
+    rep.log(record)
+
+
+def validate(run: Run, loader: DataLoader, rep: Reporter) -> None:
+    """Mean losses of the EMA weights over the validation batches, logged as val_* (rank 0)."""
+    engine, cfg = run.engine, run.config
+    step_fn = getattr(engine, "validation_step", None) or engine.training_step
+    sums: dict[str, float] = {}
+    count = 0
+    engine.eval()
+    with run.ema.applied(engine), torch.no_grad():
+        for index, batch in enumerate(loader):
+            # The same noise at every validation, so successive values are comparable.
+            generator = make_generator(derive_seed("val-noise", cfg.seed, index), run.device)
+            rng_seed = derive_seed("val-global", cfg.seed, index)
+            with seeded_global_rng(run.device, rng_seed), autocast(run.amp):
+                out = step_fn(to_device(batch, run.device), generator)
+            for key, value in scalar_values(out).items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+    engine.train()
+    run.val = {f"val_{k}": v / count for k, v in sums.items()}
+    record = {"stage": run.stage, "step": run.step, "kind": "val", **run.val}
+    record["seconds"] = round(run.seconds(), 3)
+    run.log.write(record)
+    rep.log(record)
+
+
+@contextlib.contextmanager
+def seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Seed the global CPU (and this GPU's) RNG inside the block; the caller's state comes back."""
+    devices = [device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[device.index].manual_seed(seed)
+        yield
+
+
+def autocast(enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled, else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def loss_of(out: Any, engine: nn.Module) -> torch.Tensor:
+    """The scalar "loss" of a training_step result, or a TypeError naming the engine."""
+    loss = out.get("loss") if isinstance(out, dict) else None
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        name = type(engine).__name__
+        raise TypeError(f"{name}.training_step must return a dict with a scalar tensor 'loss'")
+    return loss.reshape(())

@@ -1,0 +1,180 @@
+"""Metrics: running means, the metrics.jsonl file, and what the terminal shows."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from synthbrain.io.atomic import atomic_target
+from synthbrain.training.ddp import DistContext, all_reduce_mean
+
+
+class Meter:
+    """Sums of scalar losses over a logging window, kept on the device (no sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        """Add one step's scalar values."""
+        for key, value in values.items():
+            value = value.detach().float()
+            if key in self.sums:
+                self.sums[key] += value
+            else:
+                self.sums[key] = value.clone()
+        self.count += 1
+
+    def mean(self, ctx: DistContext) -> dict[str, float]:
+        """The window's means, averaged over ranks (every rank must call this)."""
+        if self.count == 0:
+            return {}
+        keys = sorted(self.sums)
+        stacked = torch.stack([self.sums[k] for k in keys]) / self.count
+        return dict(zip(keys, all_reduce_mean(stacked, ctx).tolist(), strict=True))
+
+    def reset(self) -> None:
+        """Start a new window."""
+        self.sums, self.count = {}, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The open window, for a checkpoint (so a resumed run logs the same means)."""
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a window saved by `state_dict`."""
+        self.sums, self.count = dict(state["sums"]), int(state["count"])
+
+
+def scalar_values(out: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The 0-d tensor (or number) entries of a training_step result, as tensors."""
+    found = {}
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            found[key] = value.reshape(())
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            found[key] = torch.tensor(float(value))
+    return found
+
+
+class MetricsLog:
+    """out_dir/metrics.jsonl: one JSON object per line; only the main rank writes."""
+
+    def __init__(self, path: Path, stage: str, enabled: bool) -> None:
+        self.path, self.stage, self.enabled = path, stage, enabled
+
+    def restart(self, after_step: int | None) -> None:
+        """Drop this stage's lines past `after_step` (all of them when None): a fresh or resumed
+        stage then writes the file an uninterrupted run would have written."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed run
+            mine = record.get("stage") == self.stage
+            if not mine or (after_step is not None and record.get("step", 0) <= after_step):
+                kept.append(line + "\n")
+        with atomic_target(self.path) as tmp:
+            tmp.write_text("".join(kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one line."""
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def format_record(record: dict[str, Any], total: int) -> str:
+    """One plain log line for a metrics record."""
+    skip = {"stage", "step", "kind", "seconds"}
+    parts = [f"[{record['stage']}] step {record['step']}/{total}"]
+    for key, value in record.items():
+        if key in skip:
+            continue
+        parts.append(f"{key} {value:.3e}" if key == "lr" else f"{key} {value:.5g}")
+    return "  ".join(parts)
+
+
+Mode = Literal["bar", "lines", "off"]
+
+
+def choose_mode(progress: bool, is_main: bool) -> Mode:
+    """A rich bar on an interactive terminal, plain lines otherwise, nothing off rank 0."""
+    if not (progress and is_main):
+        return "off"
+    return "bar" if sys.stdout.isatty() else "lines"
+
+
+class Reporter:
+    """The terminal side: a rich progress bar or plain periodic lines (or nothing)."""
+
+    def __init__(self, stage: str, total: int, start: int, mode: Mode) -> None:
+        self.stage, self.total, self.mode = stage, total, mode
+        self._progress = None
+        self._task = None
+        self._mark = (start, time.perf_counter())
+
+    def __enter__(self) -> Reporter:
+        if self.mode == "bar":
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn(f"[bold]{self.stage}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                self.stage, total=self.total, completed=self._mark[0], info=""
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def rate(self, step: int) -> float:
+        """Updates per second since the previous call."""
+        last_step, last_time = self._mark
+        now = time.perf_counter()
+        self._mark = (step, now)
+        return (step - last_step) / max(now - last_time, 1e-9)
+
+    def show(self, step: int, loss: float, lr: float) -> None:
+        """Move the bar to `step` and show the latest loss, lr and speed."""
+        if self._progress is not None:
+            info = f"loss {loss:.4g}  lr {lr:.2e}  {self.rate(step):.2f} it/s"
+            self._progress.update(self._task, completed=step, info=info)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Print a metrics record as one line (above the bar in bar mode)."""
+        if self.mode == "off":
+            return
+        line = format_record(record, self.total)
+        if record.get("kind") == "train" and self.mode == "lines":
+            line += f"  {self.rate(record['step']):.2f} it/s"
+        if self._progress is not None:
+            self._progress.console.print(line, highlight=False)
+        else:
+            print(line, flush=True)
