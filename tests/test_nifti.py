@@ -266,6 +266,7 @@ def test_save_dtype_policy(tmp_path):
     image = load_volume(scaled)
     assert nib.load(save_volume(image, tmp_path / "img.nii")).get_data_dtype() == np.float32
     cases = [(sphere, None, np.uint8), (sphere.astype(bool), None, np.uint8),
+             (sphere.astype(bool), np.float32, np.float32),
              (sphere.astype(np.float32), np.uint8, np.uint8), (image.data, np.int16, np.int16),
              (sphere.astype(np.int32) * 1000, None, np.int16)]  # fmt: skip
     for k, (data, dtype, expected) in enumerate(cases):

@@ -258,7 +258,9 @@ def _cast_exact(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Cast to an integer `dtype` here when that is lossless, so nibabel writes no scaling."""
     # nibabel would otherwise stretch float data over the integer range (a 0/1 mask -> 0/255
     # with slope 1/255): readable, but not what a user expects to find in a mask file.
-    if dtype.kind not in "iu" or data.dtype.kind not in "biuf":
+    if data.dtype == bool:
+        data = data.astype(np.uint8)  # nibabel cannot write bool arrays
+    if dtype.kind not in "iu" or data.dtype.kind not in "iuf":
         return data
     info = np.iinfo(dtype)
     lo, hi = (data.min(), data.max()) if data.size else (0, 0)
