@@ -1,7 +1,9 @@
 """Test helpers: write tiny NIfTI files with awkward geometry (flips, permutations, obliquity).
 
-Import in tests as `from tests.niftis import write_nifti, AFFINE_OBLIQUE, ...` (or `from niftis
-import ...`, whichever sys.path allows). Every affine here maps voxel centres to world RAS mm.
+Import in tests as `from niftis import write_nifti, AFFINE_OBLIQUE, ...`: plain `pytest` puts
+tests/ itself on sys.path (rootdir conftest, no tests/__init__.py); `tests.niftis` only imports
+when the repo root is on sys.path too (`python -m pytest`).
+Every affine here maps voxel centres to world RAS mm.
 """
 
 from __future__ import annotations
