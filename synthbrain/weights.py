@@ -26,15 +26,17 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from synthbrain import __version__
 from synthbrain.errors import EngineUnavailable, SynthbrainError
 from synthbrain.io.atomic import atomic_target
 from synthbrain.io.outputs import sha256_file
+
+if TYPE_CHECKING:  # torch is imported when weights are loaded, so `weights list` starts fast
+    import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_WEIGHTS_DIR = PACKAGE_DIR / "weights"
@@ -368,6 +370,8 @@ def _read(path: Path) -> Any:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types
             raise WeightsError(f"not a valid safetensors file ({exc})", path) from None
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -395,6 +399,8 @@ def load_state(
         WeightsError: missing file, wrong hash, unknown suffix, pickled Python objects, or
             content that is not a flat {name: tensor} dict.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError("weights file not found", path)
