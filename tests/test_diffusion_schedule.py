@@ -41,6 +41,8 @@ def test_rescaled_linear_schedule_keeps_end_noise_level() -> None:
     s = make_schedule("linear", 100, rescale=True)
     assert s.betas[0].item() == pytest.approx(1e-3) and s.betas[-1].item() == pytest.approx(0.2)
     assert s.alphas_cumprod[-1].item() < 1e-4  # still ends close to pure noise
+    short = make_schedule("linear", 20, rescale=True)  # 0.02 · 50 = 1 would zero ᾱ: clipped
+    assert short.betas.max().item() == pytest.approx(0.999) and short.alphas_cumprod[-1] > 0
 
 
 def test_scaled_linear_is_linear_in_sqrt_beta() -> None:

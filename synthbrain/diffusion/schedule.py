@@ -133,7 +133,8 @@ def make_schedule(
         T: number of timesteps (1000 in PathoSyn and D3M, 1024 in USB).
         beta_start, beta_end: β range for the two linear kinds.
         rescale: multiply beta_start and beta_end by 1000 / T (Improved DDPM) so that a short
-            schedule (T = 100, as in tests) still ends near pure noise.
+            schedule (T = 100, as in tests) still ends near pure noise. Every kind's betas are
+            clipped at 0.999.
         cosine_s: the cosine schedule's offset s.
         sigmoid_range: (start, end) of the sigmoid's input range.
         sigmoid_tau: the sigmoid's temperature.
@@ -157,7 +158,8 @@ def make_schedule(
         raise InputError(
             f"unknown noise schedule {kind!r}; choose linear, scaled_linear, cosine or sigmoid"
         )
-    return Schedule.from_betas(betas, kind=kind)
+    # A rescaled linear schedule with T < 50 would reach β ≥ 1 (ᾱ = 0): clip as cosine does.
+    return Schedule.from_betas(betas.clamp(max=MAX_BETA), kind=kind)
 
 
 def _cosine_abar(T: int, s: float) -> Tensor:  # noqa: N803
