@@ -201,10 +201,15 @@ def check_record(root: Path, record: dict) -> str | None:
 class ManifestReport:
     """What `validate_manifest` found: verified ids, problems as (id, reason), orphan files."""
 
-    ok_ids: list[str] = field(default_factory=list)
+    ok: list[str] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     manifests: list[Path] = field(default_factory=list)
+
+    @property
+    def ok_ids(self) -> list[str]:
+        """The ids whose files all verified (same list as `ok`)."""
+        return self.ok
 
     @property
     def valid(self) -> bool:
@@ -250,7 +255,7 @@ def validate_manifest(out_dir: str | os.PathLike[str]) -> ManifestReport:
         problem = check_record(root, record)
         referenced.update(str(rel) for rel in (record.get("files") or {}).values())
         if problem is None:
-            report.ok_ids.append(sample_id)
+            report.ok.append(sample_id)
         else:
             report.problems.append((sample_id, problem))
     on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*.nii.gz") if p.is_file()}
