@@ -36,12 +36,12 @@ from synthbrain.training.ddp import (
     init_distributed,
     launch_local,
 )
-from synthbrain.training.export import export_weights
 from synthbrain.training.loop import train_loop
 from synthbrain.training.resume import restore_run
 from synthbrain.training.run import new_run, only_trainable
 from synthbrain.training.sampler import ResumableSampler
 from synthbrain.training.schedule import lr_factor
+from synthbrain.weights import save_state
 
 __all__ = ["TrainConfig", "fit", "launch_local", "lr_factor", "ResumableSampler"]
 
@@ -57,6 +57,7 @@ def fit(
     progress: bool = True,
     stage: str = "main",
     load_ema_at_end: bool = False,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `engine` for `config.steps` updates and export its EMA weights.
 
@@ -78,6 +79,9 @@ def fit(
             "denoiser", ...): it names the weights file and the checkpoint (checkpoints/last.pt
             for "main", checkpoints/<stage>/last.pt otherwise) and tags the metrics lines.
         load_ema_at_end: leave the EMA weights (the exported ones) in `engine` at the end.
+        metadata: JSON-able entries stored in the exported safetensors file beside
+            {"training": {stage, step, ema_decay}} (e.g. the engine's network settings, so
+            `synthbrain.weights.read_metadata` can rebuild the model).
 
     Returns:
         A summary: stage, steps, step (reached), resumed_from (a step or None), losses (the
@@ -97,6 +101,7 @@ def fit(
     device = resolve_device(config.device, ctx.local_rank if ctx.distributed else None)
     ctx = init_distributed(ctx, device)
     options = {"resume": resume, "progress": progress, "load_ema": load_ema_at_end}
+    options["metadata"] = dict(metadata or {})
     where = (Path(out_dir), ctx, device, stage)
     try:
         summary = _fit_stage(engine, train_set, val_set, config, *where, options)
@@ -117,7 +122,7 @@ def _fit_stage(
     ctx: DistContext,
     device: torch.device,
     stage: str,
-    options: dict[str, bool],
+    options: dict[str, Any],
 ) -> dict[str, Any]:
     """Set up, restore, loop, export: one stage on one process."""
     engine.to(device)
@@ -129,11 +134,14 @@ def _fit_stage(
         if options["resume"] and ckpt.exists():
             restore_run(run, load_checkpoint(ckpt, device), ckpt)
             resumed_from = run.step
+        elif ctx.is_main:
+            ckpt.unlink(missing_ok=True)  # a stale one would be resumed if this run dies early
         run.log.restart(resumed_from)
         train_loop(run, train_set, val_set, ckpt, options["progress"])
         if ctx.is_main:
-            meta = {"stage": stage, "step": str(run.step), "ema_decay": str(config.ema_decay)}
-            export_weights(run.ema.export(engine), weights, meta)
+            meta = {"stage": stage, "step": run.step, "ema_decay": config.ema_decay}
+            meta = {**options["metadata"], "training": meta}
+            save_state(run.ema.export(engine), weights, metadata=meta)
         if options["load_ema"]:
             engine.load_state_dict(run.ema.export(engine))
     return {

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from synthbrain.errors import InputError, SynthbrainError
 from synthbrain.train import ResumableSampler, TrainConfig, fit, lr_factor
 from synthbrain.training.checkpoint import load_checkpoint, save_checkpoint
+from synthbrain.weights import read_metadata
 
 
 class TensorDictDataset(Dataset):
@@ -189,14 +190,14 @@ def test_ema_matches_analytic_average(tmp_path: Path, ema_warmup: bool) -> None:
     engine = ScalarEngine()
     cfg = config(steps=15, lr=0.1, warmup=0, ema_decay=0.8, ema_warmup=ema_warmup)
     fit(engine, TensorDictDataset(8), None, cfg, tmp_path, progress=False)
-    raw = engine.seen[1:] + [float(engine.w)]  # the weight after updates 1..15
+    raw = engine.seen[1:] + [float(engine.w.detach())]  # the weight after updates 1..15
     ema = engine.seen[0]
     for k, w in enumerate(raw, start=1):
         decay = min(0.8, (1 + k) / (10 + k)) if ema_warmup else 0.8
         ema = decay * ema + (1 - decay) * w
     exported = float(load_file(tmp_path / "main.safetensors")["w"])
     assert exported == pytest.approx(ema, rel=1e-5)
-    assert abs(exported - float(engine.w)) > 1e-3  # the EMA lags the raw weight
+    assert abs(exported - float(engine.w.detach())) > 1e-3  # the EMA lags the raw weight
 
 
 def test_lr_warmup_and_cosine(tmp_path: Path) -> None:
@@ -254,12 +255,15 @@ def test_frozen_parameters_and_stages(tmp_path: Path) -> None:
     assert [r["stage"] for r in metrics(tmp_path)] == ["denoiser", "autoencoder"]
 
 
-def test_load_ema_at_end_leaves_exported_weights(tmp_path: Path) -> None:
+def test_load_ema_at_end_and_export_metadata(tmp_path: Path) -> None:
     engine = TinyEngine()
     fit(engine, TensorDictDataset(8), None, config(steps=5), tmp_path, progress=False,
-        load_ema_at_end=True)  # fmt: skip
+        load_ema_at_end=True, metadata={"config": {"channels": 4}})  # fmt: skip
     exported = load_file(tmp_path / "main.safetensors")
     assert all(torch.equal(v, exported[k]) for k, v in engine.state_dict().items())
+    meta = read_metadata(tmp_path / "main.safetensors")
+    assert meta["config"] == {"channels": 4}
+    assert meta["training"] == {"stage": "main", "step": 5, "ema_decay": 0.999}
 
 
 class NoLossEngine(TinyEngine):

@@ -40,7 +40,7 @@ def train_loop(
         while run.step < cfg.steps:
             loss = train_step(run, to_device(next(batches), run.device))
             last = run.step == cfg.steps
-            if rep.mode == "bar" and run.step % display_every == 0:
+            if rep.mode == "bar" and (run.step % display_every == 0 or last):
                 rep.show(run.step, loss.item(), run.lr)
             if run.step % cfg.log_every == 0 or last:
                 log_train(run, rep)

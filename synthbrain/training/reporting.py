@@ -110,14 +110,14 @@ Mode = Literal["bar", "lines", "off"]
 
 
 def choose_mode(progress: bool, is_main: bool) -> Mode:
-    """A rich bar on an interactive terminal, plain lines otherwise, nothing off rank 0."""
+    """A rich bar when stdout is a terminal, plain lines otherwise, nothing off rank 0."""
     if not (progress and is_main):
         return "off"
     return "bar" if sys.stdout.isatty() else "lines"
 
 
 class Reporter:
-    """The terminal side: a rich progress bar or plain periodic lines (or nothing)."""
+    """The terminal side (stderr): a rich progress bar or plain periodic lines (or nothing)."""
 
     def __init__(self, stage: str, total: int, start: int, mode: Mode) -> None:
         self.stage, self.total, self.mode = stage, total, mode
@@ -127,6 +127,7 @@ class Reporter:
 
     def __enter__(self) -> Reporter:
         if self.mode == "bar":
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -136,6 +137,7 @@ class Reporter:
                 TimeRemainingColumn,
             )
 
+            # stderr, as every synthbrain command: stdout is kept for the --json summary.
             self._progress = Progress(
                 TextColumn(f"[bold]{self.stage}"),
                 BarColumn(),
@@ -143,6 +145,7 @@ class Reporter:
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True, highlight=False),
             )
             self._progress.start()
             self._task = self._progress.add_task(
@@ -177,4 +180,4 @@ class Reporter:
         if self._progress is not None:
             self._progress.console.print(line, highlight=False)
         else:
-            print(line, flush=True)
+            print(line, file=sys.stderr, flush=True)
