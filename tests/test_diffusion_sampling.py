@@ -12,7 +12,9 @@ from torch import Tensor
 from synthbrain.diffusion import (
     Denoiser,
     Hook,
+    Sampler,
     Schedule,
+    Spacing,
     StepState,
     eps_from_x0,
     make_schedule,
@@ -49,9 +51,9 @@ def gaussian(schedule: Schedule) -> Denoiser:
     return denoise
 
 
-def ode_solution(schedule: Schedule, x_T: Tensor) -> Tensor:  # noqa: N803
+def ode_solution(schedule: Schedule, x_T: Tensor) -> Tensor:
     """Closed-form end of the probability-flow ODE for the toy (what deterministic DDIM nears)."""
-    abar_T = schedule.alphas_cumprod[-1].item()  # noqa: N806
+    abar_T = schedule.alphas_cumprod[-1].item()
     return MU + (x_T - math.sqrt(abar_T) * MU) * S / math.sqrt(abar_T * S**2 + 1 - abar_T)
 
 
@@ -84,17 +86,19 @@ def toy_noise(seed: int = 0) -> Tensor:
 @pytest.mark.parametrize("n_steps", [1, 2, 7, 50])
 @pytest.mark.parametrize("spacing", ["linspace", "trailing"])
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
-def test_oracle_denoiser_returns_x0_exactly(n_steps: int, spacing: str, sampler: str) -> None:
+def test_oracle_denoiser_returns_x0_exactly(
+    n_steps: int, spacing: Spacing, sampler: Sampler
+) -> None:
     s = make_schedule("linear", 1000)
     x0 = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    x_T = randn(x0.shape, torch.Generator().manual_seed(1))  # noqa: N806
-    ts = timesteps(1000, n_steps, spacing=spacing)  # type: ignore[arg-type]
-    out = sample(oracle(s, x0), x_T, s, ts, sampler=sampler)  # type: ignore[arg-type]
+    x_T = randn(x0.shape, torch.Generator().manual_seed(1))
+    ts = timesteps(1000, n_steps, spacing=spacing)
+    out = sample(oracle(s, x0), x_T, s, ts, sampler=sampler)
     assert (out - x0).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++", "ddpm"])
-def test_oracle_denoiser_with_t_start_edit(sampler: str) -> None:
+def test_oracle_denoiser_with_t_start_edit(sampler: Sampler) -> None:
     s = make_schedule("linear", 1000)
     x0 = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(2)
@@ -102,7 +106,7 @@ def test_oracle_denoiser_with_t_start_edit(sampler: str) -> None:
     x_start = start_from(s, x0, 300, g)
     out = sample(
         oracle(s, x0), x_start, s, timesteps(1000, n, t_start=300), sampler=sampler, generator=g
-    )  # type: ignore[arg-type]
+    )
     assert (out - x0).abs().max().item() < 1e-5
 
 
@@ -118,7 +122,7 @@ def test_last_ddim_step_returns_x0_of_the_last_prediction() -> None:
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim_eta1"])
-def test_ancestral_samplers_match_gaussian_toy(sampler: str) -> None:
+def test_ancestral_samplers_match_gaussian_toy(sampler: Sampler) -> None:
     s = make_schedule("linear", 1000)
     g = torch.Generator().manual_seed(100)
     kwargs = {"sampler": "ddpm"} if sampler == "ddpm" else {"sampler": "ddim", "eta": 1.0}
@@ -131,7 +135,7 @@ def test_ancestral_samplers_match_gaussian_toy(sampler: str) -> None:
 
 def test_ddpm_and_ddim_eta1_are_the_same_chain() -> None:
     s = make_schedule("linear", 100, rescale=True)
-    x_T = toy_noise(2)[:64]  # noqa: N806
+    x_T = toy_noise(2)[:64]
     ddpm = sample(
         gaussian(s),
         x_T,
@@ -153,7 +157,7 @@ def test_ddpm_and_ddim_eta1_are_the_same_chain() -> None:
 
 def test_deterministic_ddim_200_steps_matches_gaussian_toy() -> None:
     s = make_schedule("linear", 1000)
-    x_T = toy_noise(3)  # noqa: N806
+    x_T = toy_noise(3)
     out = sample(gaussian(s), x_T, s, timesteps(1000, 200))
     # DDIM transports x_T along the probability-flow ODE; 200 Euler-like steps stay within 0.03
     # of the closed-form end point for |x_T| < 4, and shrink the spread by about 2 % (0.006).
@@ -169,7 +173,7 @@ def test_deterministic_ddim_200_steps_matches_gaussian_toy() -> None:
 
 def test_dpm_solver_20_steps_reaches_ddim_200() -> None:
     s = make_schedule("linear", 1000)
-    x_T = toy_noise(4)  # noqa: N806
+    x_T = toy_noise(4)
     exact = ode_solution(s, x_T)
     ddim_200 = sample(gaussian(s), x_T, s, timesteps(1000, 200))
     ts_20 = timesteps(1000, 20, spacing="logsnr", schedule=s)
@@ -218,11 +222,11 @@ class ReplaceX0(Hook):
     ("sampler", "eta", "T"),
     [("ddim", 0.0, 1000), ("ddim", 1.0, 1000), ("dpm++", 0.0, 1000), ("ddpm", 0.0, 10)],
 )
-def test_projection_hook_keeps_state_zero_off_mask(sampler: str, eta: float, T: int) -> None:  # noqa: N803
+def test_projection_hook_keeps_state_zero_off_mask(sampler: Sampler, eta: float, T: int) -> None:
     s = make_schedule("linear", T, rescale=True)
     mask = torch.zeros(2, 1, 8, 8)
     mask[:, :, 2:6, 3:7] = 1
-    x_T = randn(mask.shape, torch.Generator().manual_seed(0)) * mask  # noqa: N806
+    x_T = randn(mask.shape, torch.Generator().manual_seed(0)) * mask
     steps: list[int] = []
 
     def check(state: StepState) -> None:
@@ -236,7 +240,7 @@ def test_projection_hook_keeps_state_zero_off_mask(sampler: str, eta: float, T: 
         s,
         timesteps(T, n),
         sampler=sampler,
-        eta=eta,  # type: ignore[arg-type]
+        eta=eta,
         generator=torch.Generator().manual_seed(1),
         hooks=[Project(mask)],
         callback=check,
@@ -246,12 +250,12 @@ def test_projection_hook_keeps_state_zero_off_mask(sampler: str, eta: float, T: 
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
-def test_identity_prediction_hook_leaves_result_unchanged(sampler: str) -> None:
+def test_identity_prediction_hook_leaves_result_unchanged(sampler: Sampler) -> None:
     s = make_schedule("linear", 1000)
-    x_T = toy_noise(5)[:32]  # noqa: N806
+    x_T = toy_noise(5)[:32]
     ts = timesteps(1000, 8)
-    plain = sample(gaussian(s), x_T, s, ts, sampler=sampler, eta=0.0)  # type: ignore[arg-type]
-    hooked = sample(gaussian(s), x_T, s, ts, sampler=sampler, hooks=[SameState(), Hook()])  # type: ignore[arg-type]
+    plain = sample(gaussian(s), x_T, s, ts, sampler=sampler, eta=0.0)
+    hooked = sample(gaussian(s), x_T, s, ts, sampler=sampler, hooks=[SameState(), Hook()])
     assert torch.equal(plain, hooked)
 
 
@@ -279,10 +283,10 @@ def test_dpm_solver_extrapolates_from_the_x0_that_hooks_leave() -> None:
             return dataclasses.replace(state, x0=state.x0 + 1.0)
 
     s = make_schedule("linear", 1000)
-    x_T, ts = toy_noise(8)[:8], timesteps(1000, 6)  # noqa: N806
+    x_T, ts = toy_noise(8)[:8], timesteps(1000, 6)
     for sampler, changes in (("dpm++", True), ("ddim", False)):
-        plain = sample(gaussian(s), x_T, s, ts, sampler=sampler)  # type: ignore[arg-type]
-        edited = sample(gaussian(s), x_T, s, ts, sampler=sampler, hooks=[EditX0AfterStep()])  # type: ignore[arg-type]
+        plain = sample(gaussian(s), x_T, s, ts, sampler=sampler)
+        edited = sample(gaussian(s), x_T, s, ts, sampler=sampler, hooks=[EditX0AfterStep()])
         assert (not torch.equal(plain, edited)) is changes, sampler
 
 
@@ -290,14 +294,16 @@ def test_dpm_solver_extrapolates_from_the_x0_that_hooks_leave() -> None:
 
 
 @pytest.mark.parametrize(("sampler", "eta"), [("ddim", 1.0), ("ddpm", 0.0)])
-def test_batch_equals_one_at_a_time_with_per_sample_generators(sampler: str, eta: float) -> None:
+def test_batch_equals_one_at_a_time_with_per_sample_generators(
+    sampler: Sampler, eta: float
+) -> None:
     s = make_schedule("linear", 20, rescale=True)
     ts = timesteps(20, 20)
 
     def run(seeds: list[int]) -> Tensor:
         gens = [torch.Generator().manual_seed(k) for k in seeds]
-        x_T = randn((len(seeds), 1, 8, 8), gens)  # noqa: N806
-        return sample(gaussian(s), x_T, s, ts, sampler=sampler, eta=eta, generator=gens)  # type: ignore[arg-type]
+        x_T = randn((len(seeds), 1, 8, 8), gens)
+        return sample(gaussian(s), x_T, s, ts, sampler=sampler, eta=eta, generator=gens)
 
     batch = run([10, 11, 12, 13])
     for i, seed in enumerate([10, 11, 12, 13]):
@@ -328,7 +334,7 @@ def test_sampler_rejects_bad_settings() -> None:
     with pytest.raises(InputError, match="descending"):
         sample(gaussian(s), x, s, [5, 7, 3])
     with pytest.raises(InputError, match="unknown sampler"):
-        sample(gaussian(s), x, s, [5, 3], sampler="euler")  # type: ignore[arg-type]
+        sample(gaussian(s), x, s, [5, 3], sampler="euler")
     with pytest.raises(InputError, match=r"lie in \[0, 999\]"):
         sample(gaussian(s), x, s, [1000, 3])
     with pytest.raises(ValueError, match="one generator per batch element"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from synthbrain.diffusion import (
+    Spacing,
     eps_from_v,
     eps_from_x0,
     make_schedule,
@@ -87,7 +88,7 @@ def test_every_schedule_decreases_from_one_towards_zero(kind: str) -> None:
 
 def test_unknown_schedule_is_an_input_error() -> None:
     with pytest.raises(InputError, match="noise schedule"):
-        make_schedule("quadratic")  # type: ignore[arg-type]
+        make_schedule("quadratic")
 
 
 def test_abar_gathers_broadcasts_and_casts() -> None:
@@ -135,7 +136,7 @@ def test_q_sample_formula_and_dtype() -> None:
     assert out.dtype == torch.float32
     assert torch.allclose(out.double(), abar.sqrt() + 2 * (1 - abar).sqrt(), atol=1e-6)
     with pytest.raises(InputError, match="parameterization"):
-        to_x0_eps(s, out, t, out, "score")  # type: ignore[arg-type]
+        to_x0_eps(s, out, t, out, "score")
 
 
 SPACING_CASES = [(n, t_start) for n in (1, 2, 7, 50, 1000) for t_start in (None, 299, 999)]
@@ -144,16 +145,16 @@ SPACING_CASES = [(n, t_start) for n in (1, 2, 7, 50, 1000) for t_start in (None,
 @pytest.mark.parametrize("spacing", ["linspace", "trailing", "leading", "logsnr"])
 @pytest.mark.parametrize(("n_steps", "t_start"), SPACING_CASES)
 def test_timesteps_descending_unique_from_start(
-    spacing: str, n_steps: int, t_start: int | None
+    spacing: Spacing, n_steps: int, t_start: int | None
 ) -> None:
     T = 1000
     top = T - 1 if t_start is None else t_start
     if n_steps > top + 1:
         with pytest.raises(InputError, match="sampling steps"):
-            timesteps(T, n_steps, spacing=spacing, t_start=t_start)  # type: ignore[arg-type]
+            timesteps(T, n_steps, spacing=spacing, t_start=t_start)
         return
     sched = make_schedule("cosine", T)
-    ts = timesteps(T, n_steps, spacing=spacing, t_start=t_start, schedule=sched)  # type: ignore[arg-type]
+    ts = timesteps(T, n_steps, spacing=spacing, t_start=t_start, schedule=sched)
     assert ts.dtype == torch.long and ts.shape == (n_steps,)
     assert (ts.diff() < 0).all() and len(set(ts.tolist())) == n_steps
     assert ts.min() >= 0 and ts.max() <= top
@@ -177,7 +178,7 @@ def test_timesteps_rejects_bad_input() -> None:
     with pytest.raises(InputError, match="sampling steps"):
         timesteps(1000, 0)
     with pytest.raises(InputError, match="spacing"):
-        timesteps(1000, 10, spacing="karras")  # type: ignore[arg-type]
+        timesteps(1000, 10, spacing="karras")
     with pytest.raises(InputError, match="schedule"):
         timesteps(1000, 10, spacing="logsnr")
 

@@ -69,7 +69,7 @@ class Hook:
 @torch.no_grad()
 def sample(
     denoise: Denoiser,
-    x_T: Tensor,  # noqa: N803 - the paper's symbol
+    x_T: Tensor,
     schedule: Schedule,
     timesteps: Tensor | Sequence[int],
     *,
@@ -160,7 +160,7 @@ def _update(
 
 def _check_timesteps(
     timesteps: Tensor | Sequence[int],
-    T: int,  # noqa: N803
+    T: int,
     sampler: str,
     eta: float,
 ) -> list[int]:

@@ -65,7 +65,7 @@ class Schedule:
         return cls(betas=betas, alphas=alphas, alphas_cumprod=torch.cumprod(alphas, 0), kind=kind)
 
     @property
-    def T(self) -> int:  # noqa: N802 - the paper's symbol
+    def T(self) -> int:
         """Number of timesteps."""
         return int(self.betas.shape[0])
 
@@ -92,12 +92,12 @@ class Schedule:
         return _gather(abar / (1.0 - abar).clamp_min(1e-300), t, like, self.T)
 
 
-def _gather(table: Tensor, t: Tensor | int, like: Tensor, T: int) -> Tensor:  # noqa: N803
+def _gather(table: Tensor, t: Tensor | int, like: Tensor, T: int) -> Tensor:
     """Index a padded float64 table at t + 1, cast to like's dtype/device, reshape to broadcast."""
     return _shape_like(_gather64(table, t, T), like)
 
 
-def _gather64(table: Tensor, t: Tensor | int, T: int) -> Tensor:  # noqa: N803
+def _gather64(table: Tensor, t: Tensor | int, T: int) -> Tensor:
     """Index a padded float64 CPU table at t + 1 (t = −1 reads the padding), flat [B]."""
     t = torch.as_tensor(t, dtype=torch.long).cpu()
     if t.ndim > 1:
@@ -115,7 +115,7 @@ def _shape_like(values: Tensor, like: Tensor) -> Tensor:
 
 def make_schedule(
     kind: ScheduleKind = "linear",
-    T: int = 1000,  # noqa: N803 - the paper's symbol
+    T: int = 1000,
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
     *,
@@ -162,14 +162,14 @@ def make_schedule(
     return Schedule.from_betas(betas.clamp(max=MAX_BETA), kind=kind)
 
 
-def _cosine_abar(T: int, s: float) -> Tensor:  # noqa: N803
+def _cosine_abar(T: int, s: float) -> Tensor:
     """ᾱ(u) = cos²((u + s)/(1 + s) · π/2) on u = 0, 1/T, …, 1, normalised to ᾱ(0) = 1."""
     u = torch.linspace(0, 1, T + 1, dtype=torch.float64)
     f = torch.cos((u + s) / (1 + s) * math.pi * 0.5) ** 2
     return f / f[0]
 
 
-def _sigmoid_abar(T: int, start: float, end: float, tau: float) -> Tensor:  # noqa: N803
+def _sigmoid_abar(T: int, start: float, end: float, tau: float) -> Tensor:
     """lucidrains' sigmoid ᾱ on u = 0, 1/T, …, 1, normalised to ᾱ(0) = 1."""
     u = torch.linspace(0, 1, T + 1, dtype=torch.float64)
     v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))

@@ -20,7 +20,7 @@ Spacing = Literal["linspace", "trailing", "leading", "logsnr"]
 
 
 def timesteps(
-    T: int,  # noqa: N803 - the paper's symbol
+    T: int,
     n_steps: int,
     *,
     spacing: Spacing = "linspace",
@@ -76,7 +76,7 @@ def timesteps(
     return steps.to(torch.long)
 
 
-def _need_schedule(schedule: Schedule | None, T: int) -> Schedule:  # noqa: N803
+def _need_schedule(schedule: Schedule | None, T: int) -> Schedule:
     """The schedule that logsnr spacing needs, checked against T."""
     if schedule is None or schedule.T != T:
         raise InputError(f"logsnr spacing needs the noise schedule (with T = {T})")
@@ -109,7 +109,7 @@ def _round(x: Tensor) -> Tensor:
     return torch.floor(x + 0.5).to(torch.long)
 
 
-def _check(T: int, n_steps: int, t_start: int | None) -> int:  # noqa: N803
+def _check(T: int, n_steps: int, t_start: int | None) -> int:
     """Validate the arguments of :func:`timesteps`; return the top timestep."""
     if T < 1:
         raise InputError(f"the number of diffusion timesteps must be at least 1, got {T}")
