@@ -211,10 +211,11 @@ def test_overwrite_clears_only_our_files(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["lesion"] == "glioma"
 
 
-def test_resume_accepts_a_changed_run_and_reports_it(tmp_path):
+def test_resume_refuses_a_run_with_other_settings(tmp_path):
     write_run(tmp_path, range(2))
-    writer = RunWriter(tmp_path, config={**CONFIG, "lesion": "glioma"}, resume=True)
-    assert writer.changed_keys == ["lesion"]
+    with pytest.raises(InputError, match="lesion"):
+        RunWriter(tmp_path, config={**CONFIG, "lesion": "glioma"}, resume=True)
+    writer = RunWriter(tmp_path, config=CONFIG, resume=True)
     assert writer.finished_ids() == {"synth_000", "synth_001"}
 
 

@@ -139,8 +139,8 @@ class RunWriter:
       * a folder holding this run (config.json equal in the keys that define the run) is
         continued: samples written again replace their files and append a newer line;
       * a folder holding a different run is refused (InputError naming the differing keys)
-        unless `overwrite` (its files are deleted first) or `resume` (continued anyway; the
-        differing keys are kept in `changed_keys` so the caller can warn);
+        unless `overwrite` (its files are deleted first); `resume` continues only a run with
+        the same settings, since mixing two runs' samples in one manifest would corrupt it;
       * `overwrite` on a folder holding this same run clears only this writer's manifest and
         the files it lists, so shards started with --overwrite never delete each other's work;
       * layout files (e.g. an nnU-Net `imagesTr/`) in a folder without our config.json or
@@ -187,7 +187,6 @@ class RunWriter:
             layout, channel_names, dict(labels or DEFAULT_LABELS), dataset_name
         )
         self.manifest_path = self.out_dir / out_io.manifest_name(shard)
-        self.changed_keys: list[str] = []
         self.state = self._prepare(overwrite, resume, identity_keys)
         self._labels = self._known_labels()
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -214,13 +213,14 @@ class RunWriter:
         if diffs and overwrite:
             clear_run(root, self.layout, manifests)
             return "overwrite"
-        if diffs and not resume:
+        if diffs:
+            # Resuming with other settings would mix two runs' samples in one manifest.
+            action = "--resume continues a run only with the same settings; " if resume else ""
             raise InputError(
                 f"output folder holds a different run (config differs in: {', '.join(diffs)}); "
-                "pass --overwrite to replace it or --resume to continue it",
+                f"{action}pass --overwrite to replace it, or choose another folder",
                 root,
             )
-        self.changed_keys = diffs
         if overwrite:
             own = [self.manifest_path] if self.manifest_path.exists() else []
             _clear_listed(root, own)
