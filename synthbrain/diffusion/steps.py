@@ -146,7 +146,7 @@ class DPMSolverPP2M:
         # e^{-h} = (σ'/α')/(σ/α) written without λ' so that σ' = 0 gives 0, not inf·0.
         exp_neg_h = (sigma_n * alpha_t) / (alpha_n * sigma_t)
         c_x = _shape_like(sigma_n / sigma_t, x_t)
-        c_d = _shape_like(alpha_n * (1.0 - exp_neg_h), x_t)  # −α'(e^{−h} − 1), Lu et al. Eq. (9)
+        c_d = _shape_like(alpha_n * (1.0 - exp_neg_h), x_t)  # −α′(e^{−h} − 1), DPM-Solver++(1)
         lambda_t = alpha_t.log() - sigma_t.log()
         last = bool((torch.as_tensor(t_next) < 0).any())
         if self.x0_prev is None or self.lambda_prev is None or last:
