@@ -20,6 +20,11 @@ def label_names(lesion: str) -> dict[str, int]:
     return BRATS_LABELS if lesion == "tumor" else BINARY_LABELS
 
 
+def sample_name(k: int) -> str:
+    """The id of phantom subject k."""
+    return f"phantom{k:05d}"
+
+
 def subject_volumes(subject: Any, contrasts: tuple[str, ...]) -> dict[str, Any]:
     """The volumes of one phantom subject under RunWriter's keys."""
     from synthbrain.io.nifti import Volume
@@ -45,7 +50,7 @@ def _record(config: PhantomConfig, k: int, seed: int, subject: Any, seconds: flo
         "weights": None,
         "weights_sha256": None,
         "lesion": config.lesion,
-        "lesion_ml": round(lesion_volume_ml(subject.labels > 0, subject.affine), 3),
+        "lesion_volume_ml": round(lesion_volume_ml(subject.labels > 0, subject.affine), 3),
         "contrasts": list(config.contrasts),
         "params": subject.params.to_json(),
         "seconds": round(seconds, 3),
@@ -67,8 +72,8 @@ def run_phantom(
     """Draw and write this shard's subjects; returns a JSON-ready summary."""
     from synthbrain.io.dataset import H5Writer
     from synthbrain.io.outputs import RunWriter
-    from synthbrain.phantom import draw_subject, grid_shape, make_subject
-    from synthbrain.rng import derive_seed, generator_for, shard_indices
+    from synthbrain.phantom import grid_shape, iter_subjects
+    from synthbrain.rng import derive_seed, shard_indices
 
     started = time.perf_counter()
     writer = None
@@ -82,6 +87,7 @@ def run_phantom(
             dataset_name="synthbrain-phantom",
             channel_names=config.contrasts,
             labels=label_names(config.lesion),
+            shard=shard if shard[1] > 1 else None,
         )
     h5 = None
     if hdf5 is not None:
@@ -95,35 +101,35 @@ def run_phantom(
         )
     indices = shard_indices(config.n, shard)
     done = writer.finished_ids() if (writer is not None and resume) else set()
-    written, skipped = [], 0
+    if h5 is None:  # a training set needs every subject; a folder only the missing ones
+        indices = [k for k in indices if sample_name(k) not in done]
+    subjects = iter_subjects(
+        config.n,
+        seed=config.seed,
+        lesion=config.lesion,
+        contrasts=config.contrasts,
+        spacing=config.spacing,
+        mass_effect=config.mass_effect,
+        indices=indices,
+    )
+    written = 0
     with reporter.task(f"phantom {config.lesion}", total=len(indices)) as advance:
-        for k in indices:
-            sample_id = f"phantom{k:05d}"
-            if sample_id in done and h5 is None:
-                skipped += 1
-                advance(1)
-                continue
-            t0 = time.perf_counter()
-            seed = derive_seed(config.seed, k)
-            params = draw_subject(
-                generator_for(seed),
-                lesion=config.lesion,
-                contrasts=config.contrasts,
-                spacing=config.spacing,
-                mass_effect=config.mass_effect,
-            )
-            subject = make_subject(params)
+        t0 = time.perf_counter()
+        for k, _, subject in subjects:
+            sample_id = sample_name(k)
             if writer is not None and sample_id not in done:
-                record = _record(config, k, seed, subject, time.perf_counter() - t0)
-                writer.write_sample(
-                    sample_id, subject_volumes(subject, config.contrasts), record=record
+                record = _record(
+                    config, k, derive_seed(config.seed, k), subject, time.perf_counter() - t0
                 )
+                volumes = subject_volumes(subject, config.contrasts)
+                writer.write_sample(sample_id, volumes, record=record, index=k)
                 if config.preview:
                     _preview(writer, sample_id, subject, config.contrasts[0])
+                written += 1
             if h5 is not None:
                 _add_to_h5(h5, sample_id, subject, config)
-            written.append(sample_id)
             advance(1)
+            t0 = time.perf_counter()
     if writer is not None:
         writer.close()
     if h5 is not None:
@@ -131,8 +137,8 @@ def run_phantom(
     return {
         "out": str(out) if out else None,
         "hdf5": str(hdf5) if hdf5 else None,
-        "written": len(written),
-        "skipped_finished": skipped,
+        "written": written,
+        "skipped_finished": len(done),
         "shard": f"{shard[0]}/{shard[1]}",
         "seconds": round(time.perf_counter() - started, 2),
     }
