@@ -290,3 +290,23 @@ def test_bad_inputs_are_reported(tmp_path: Path) -> None:
     (bad / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="last.pt"):
         fit(TinyEngine(), TensorDictDataset(8), None, config(), bad, resume=True, progress=False)
+
+
+def test_plain_progress_lines_go_to_stderr(tmp_path: Path, capsys) -> None:
+    fit(TinyEngine(), TensorDictDataset(8), TensorDictDataset(4), config(steps=10), tmp_path)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("[main] step 5/10") and "loss" in lines[0] and "it/s" in lines[0]
+    assert any(line.startswith("[main] step 10/10") and "val_loss" in line for line in lines)
+
+
+def test_resume_with_changed_config_warns(tmp_path: Path) -> None:
+    train = TensorDictDataset(8)
+    killed = TinyEngine(crash_at=12)
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, train, None, config(steps=20), tmp_path, progress=False)
+    with pytest.warns(UserWarning, match="batch_size"):
+        summary = fit(TinyEngine(), train, None, config(steps=20, batch_size=2), tmp_path,
+                      resume=True, progress=False)  # fmt: skip
+    assert summary["resumed_from"] == 10 and summary["step"] == 20
