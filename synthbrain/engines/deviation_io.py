@@ -1,0 +1,237 @@
+"""File-side helpers of the deviation engine: contrasts of a subject, intensities, lesion grids.
+
+The model never sees a scan's own grid: each edit resamples only a RAS-aligned box around the
+lesion (its bounding box plus a margin, padded to the U-Net's multiple) at the model spacing, so
+the cost follows the lesion's size rather than the image's. Results come back as a change
+(Δ = edited − input, on the box) that is resampled onto the scan's grid and added inside the
+edit mask; every other voxel is copied from the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from synthbrain.errors import InputError
+from synthbrain.io.nifti import GridTransform, Volume, from_grid, grid_for, to_grid
+from synthbrain.io.validate import check_same_grid
+
+PERCENTILES = (0.5, 99.5)
+
+
+@dataclass
+class Subject:
+    """One anatomy on its source grid: contrast -> Volume (one grid), and the edit mask.
+
+    Attributes:
+        volumes: contrast name -> Volume, all on the grid of `reference`.
+        mask: bool array on that grid: the voxels the edit may change (lesion ∧ brain).
+        primary: the contrast of the scan the user named first (its output goes to --out).
+    """
+
+    volumes: dict[str, Volume]
+    mask: np.ndarray
+    primary: str
+
+    @property
+    def reference(self) -> Volume:
+        """The volume whose grid every other one shares."""
+        return self.volumes[self.primary]
+
+
+def brain_of(volumes: Mapping[str, Volume]) -> np.ndarray:
+    """Brain voxels: non-zero in any contrast (inputs are skull-stripped, background 0)."""
+    return np.any([v.data != 0 for v in volumes.values()], axis=0)
+
+
+def intensity_window(data: np.ndarray, region: np.ndarray) -> tuple[float, float]:
+    """(lo, hi): the 0.5th / 99.5th percentiles of `data` over `region` (the healthy brain)."""
+    values = data[region]
+    if values.size == 0:
+        raise InputError("no brain voxels outside the lesion to set the intensity range from")
+    lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def normalise(data: np.ndarray, brain: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Clip to [lo, hi], scale to [0, 1], 0 outside the brain (the model's intensities)."""
+    return (np.clip((data - lo) / (hi - lo), 0.0, 1.0) * brain).astype(np.float32)
+
+
+def assign_contrasts(
+    scan: Path | None, images: Mapping[str, Path] | None, wanted: Sequence[str]
+) -> tuple[dict[str, Path], str]:
+    """Which file holds which contrast, and the scan's own contrast.
+
+    Without `images` the scan is the model's first contrast. With `images`, a scan listed among
+    them keeps that name; otherwise it takes the first model contrast `images` does not name.
+    """
+    given = {k.lower(): Path(v) for k, v in (images or {}).items()}
+    unknown = sorted(set(given) - set(wanted))
+    if unknown:
+        raise InputError(
+            f"contrast(s) {', '.join(unknown)} not known to these weights "
+            f"(they take {', '.join(wanted)})"
+        )
+    if scan is None:
+        if not given:
+            raise InputError("no image given")
+        return given, next(c for c in wanted if c in given)
+    for name, path in given.items():
+        if Path(path).resolve() == Path(scan).resolve():
+            return given, name
+    free = [c for c in wanted if c not in given]
+    if not free:
+        raise InputError(
+            f"the scan is not one of the --image files and every contrast "
+            f"({', '.join(wanted)}) is already given",
+            scan,
+        )
+    return {free[0]: Path(scan), **given}, free[0]
+
+
+def load_subject(
+    scan: Volume,
+    mask: Volume,
+    *,
+    scan_path: Path | None,
+    images: Mapping[str, Path] | None,
+    contrasts: Sequence[str],
+    resample: bool = False,
+) -> Subject:
+    """The scan, its other contrasts (checked on one grid, or resampled) and the edit mask.
+
+    Raises:
+        InputError: unknown contrast names, unreadable files, a contrast on another grid
+            (without `resample`), or a mask that touches no brain voxel.
+    """
+    from synthbrain.io.nifti import load_volume, resample_to
+
+    files, primary = assign_contrasts(scan_path, images, contrasts)
+    volumes: dict[str, Volume] = {}
+    for name, path in files.items():
+        if name == primary:
+            volumes[name] = scan
+            continue
+        vol = load_volume(path, kind="image")
+        if resample:
+            try:
+                check_same_grid(scan, vol, what=name)
+            except InputError:
+                vol = resample_to(vol, scan.shape, scan.affine, order=1, header=vol.header)
+        else:
+            check_same_grid(scan, vol, what=name)
+        volumes[name] = vol
+    return subject_from_volumes(volumes, mask.data, primary, mask_path=mask.path)
+
+
+def subject_from_volumes(
+    volumes: dict[str, Volume], mask: np.ndarray, primary: str, *, mask_path: Path | None = None
+) -> Subject:
+    """A Subject from volumes on one grid and a mask array on that grid (mask ∧ brain)."""
+    edit = (np.asarray(mask) > 0) & brain_of(volumes)
+    if not edit.any():
+        problem = "the lesion mask touches no brain voxel (the scan is 0 under all of it)"
+        raise InputError(problem, mask_path)
+    return Subject(volumes=volumes, mask=edit, primary=primary)
+
+
+# ---------------------------------------------------------------- the lesion box
+
+
+def world_bbox(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World RAS mm (min, max) corners of the voxels of `mask` (their full extent)."""
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0) - 0.5, idx.max(0) + 0.5
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
+                        for c in (lo[2], hi[2])])  # fmt: skip
+    world = corners @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    return world.min(0), world.max(0)
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is ≥ n."""
+    return -(-int(n) // multiple) * multiple
+
+
+def lesion_grid(
+    subject: Subject,
+    *,
+    spacing: float,
+    margin_mm: float,
+    min_size: int,
+    multiple: int,
+    dims: int,
+) -> GridTransform:
+    """A RAS grid at `spacing` over the lesion's bounding box plus `margin_mm` on every side.
+
+    In-plane sizes (all three in 3-D) are at least `min_size` and a multiple of `multiple`; in
+    2-D the axial extent is just the slices the box spans.
+    """
+    lo, hi = world_bbox(subject.mask, subject.reference.affine)
+    extent = (hi - lo) + 2.0 * margin_mm
+    shape = [int(np.ceil(e / spacing)) + 1 for e in extent]
+    padded = 3 if dims == 3 else 2
+    for axis in range(padded):
+        shape[axis] = round_up(max(shape[axis], min_size), multiple)
+    return grid_for(subject.reference, spacing, tuple(shape), center=(lo + hi) / 2.0)
+
+
+@dataclass
+class Box:
+    """A subject resampled onto its lesion grid, with the intensity windows to go back."""
+
+    grid: GridTransform
+    x: np.ndarray  # [C, X, Y, Z] model intensities, zeros for contrasts not given
+    m: np.ndarray  # [X, Y, Z] float32 {0, 1}
+    available: np.ndarray  # [C] float32 {0, 1}
+    windows: dict[str, tuple[float, float]]
+
+
+def to_box(
+    subject: Subject,
+    contrasts: Sequence[str],
+    grid: GridTransform,
+    *,
+    windows=None,  # noqa: ANN001
+) -> Box:
+    """Normalise each contrast (window from the brain outside the lesion) and resample."""
+    brain = brain_of(subject.volumes)
+    healthy = brain & ~subject.mask
+    x = np.zeros((len(contrasts), *grid.grid_shape), np.float32)
+    available = np.zeros(len(contrasts), np.float32)
+    found = dict(windows or {})
+    for i, name in enumerate(contrasts):
+        vol = subject.volumes.get(name)
+        if vol is None:
+            continue
+        lo, hi = found.setdefault(name, intensity_window(vol.data, healthy))
+        norm = Volume(normalise(vol.data, brain, lo, hi), vol.affine)
+        x[i] = to_grid(norm, grid, order=1)
+        available[i] = 1.0
+    cover = to_grid(Volume(subject.mask.astype(np.float32), subject.reference.affine), grid)
+    m = cover >= 0.5
+    if not m.any():  # a lesion smaller than half a model voxel: keep every voxel it touches
+        m = cover > 0
+    return Box(grid, x, m.astype(np.float32), available, found)
+
+
+def from_box(subject: Subject, box: Box, edited: np.ndarray, contrasts: Sequence[str]):  # noqa: ANN201
+    """Edited box [C, X, Y, Z] back on the source grid: input + Δ inside the mask, input elsewhere.
+
+    Returns:
+        contrast -> float32 array with the source's shape (only the given contrasts).
+    """
+    out: dict[str, np.ndarray] = {}
+    for i, name in enumerate(contrasts):
+        vol = subject.volumes.get(name)
+        if vol is None:
+            continue
+        lo, hi = box.windows[name]
+        delta = from_grid((edited[i] - box.x[i]).astype(np.float32), box.grid, order=1).data
+        source = np.asarray(vol.data, dtype=np.float32)
+        out[name] = np.where(subject.mask, source + delta * np.float32(hi - lo), source)
+    return out
