@@ -107,7 +107,12 @@ def unscale_intensity(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def n4_correct(
-    data: np.ndarray, mask: np.ndarray, spacing: Sequence[float], *, shrink: int = 4
+    data: np.ndarray,
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    shrink: int = 4,
+    iterations: Sequence[int] = (50, 50, 30),
 ) -> np.ndarray:
     """N4 bias-field correction inside `mask` (SimpleITK), fitted on a `shrink`x smaller copy."""
     import SimpleITK as sitk
@@ -121,7 +126,7 @@ def n4_correct(
     factor = int(max(1, min(shrink, min(data.shape) // 16)))
     small, small_mask = sitk.Shrink(image, [factor] * 3), sitk.Shrink(itk_mask, [factor] * 3)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
-    corrector.SetMaximumNumberOfIterations([50, 50, 30])
+    corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])  # one per level
     try:
         corrector.Execute(small, small_mask)
     except RuntimeError as err:
@@ -179,6 +184,7 @@ def process_subject(
     *,
     n4: bool = False,
     n4_shrink: int = 4,
+    n4_iterations: Sequence[int] = (50, 50, 30),
 ) -> dict[str, Any]:
     """One subject on the model grid: the arguments of `H5Writer.add_subject` (as a dict)."""
     sub = load_subject(files, contrasts)
@@ -196,7 +202,9 @@ def process_subject(
     for c, vol in sub.images.items():
         data = vol.data
         if n4:
-            data = n4_correct(data, sub.brain_mask, vol.spacing, shrink=n4_shrink)
+            data = n4_correct(
+                data, sub.brain_mask, vol.spacing, shrink=n4_shrink, iterations=n4_iterations
+            )
         lo, hi = intensity_range(data, sub.brain_mask)
         if hi <= lo:
             raise InputError("image is constant inside the brain mask", vol.path)

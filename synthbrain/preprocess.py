@@ -168,6 +168,7 @@ def preprocess(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     n4_shrink: int = 4,
+    n4_iterations: Sequence[int] = (50, 50, 30),
     grid_multiple: int = 16,
     compression: str = "lzf",
 ) -> PreprocessReport:
@@ -180,7 +181,8 @@ def preprocess(
         spacing: model grid spacing in mm.
         grid: model grid shape; default a grid covering every subject's brain at `spacing`, each
             size rounded up to a multiple of `grid_multiple` (so U-Nets can halve it).
-        n4: N4 bias-field correction (fitted on an `n4_shrink`-times smaller copy).
+        n4: N4 bias-field correction, fitted on an `n4_shrink`-times smaller copy with
+            `n4_iterations` iterations per fitting level.
         contrasts: contrasts to keep, from t1, t2, flair, t1gd; default all that appear.
             Subjects lacking one are skipped.
         split: train / val / test fractions of the seeded subject-level split.
@@ -211,6 +213,7 @@ def preprocess(
         "grid_multiple": int(grid_multiple),
         "n4": bool(n4),
         "n4_shrink": int(n4_shrink),
+        "n4_iterations": [int(i) for i in n4_iterations],
         "split": [float(f) for f in split],
         "seed": int(seed),
         "slices": bool(slices),
@@ -292,7 +295,7 @@ def _write_hdf5(
 ) -> list[str]:
     """Pass 2: every subject onto the model grid, added to the HDF5 by this process alone."""
     args = (options["contrasts"], options["spacing"], options["grid"])
-    kwargs = {"n4": options["n4"], "n4_shrink": options["n4_shrink"]}
+    kwargs = {k: options[k] for k in ("n4", "n4_shrink", "n4_iterations")}
     jobs = [(s.id, (prepare.process_subject, (s, *args), kwargs)) for s in subjects]
     written = []
     with H5Writer(
