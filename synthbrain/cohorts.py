@@ -249,7 +249,7 @@ def detect_layout(path: Path) -> str:
     if not path.is_dir():
         raise InputError("input not found", path)
     files = _nifti_files(path)
-    if any(stem(p).endswith("_T1w") and "sub-" in str(p.relative_to(path)) for p in files):
+    if any(stem(p).endswith("_T1w") and any(q.startswith("sub-") for q in p.parts) for p in files):
         return "atlas"
     if any(_brats_role(stem(p)) not in (None, ("", "brainmask")) for p in files):
         return "brats"
