@@ -57,6 +57,7 @@ def phantom(
     seed: int = 0,
     overwrite: bool = False,
     resume: bool = False,
+    workers: int = 1,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Write `n` phantom subjects (image per contrast, labels, healthy substrate) and a manifest.
@@ -70,6 +71,7 @@ def phantom(
         shard: 'i/N' writes only samples k with k % N == i; seeds depend on (seed, k) alone.
         seed: run seed; subject k is drawn from derive_seed(seed, k).
         overwrite, resume: what to do with an output folder that holds a previous run.
+        workers: subjects made in parallel processes (the output is the same).
     """
     from synthbrain.phantom_run import run_phantom
 
@@ -99,6 +101,7 @@ def phantom(
         overwrite=overwrite,
         resume=resume,
         reporter=reporter,
+        workers=max(1, workers),
     )
 
 

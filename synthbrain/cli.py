@@ -137,6 +137,7 @@ def phantom(
     slices: Annotated[
         bool, typer.Option(help="Index axial slices in --hdf5 (2-D engines).")
     ] = False,
+    workers: Annotated[int, typer.Option(help="Subjects made in parallel processes.")] = 1,
     shard: Shard = None,
     seed: Seed = 0,
     overwrite: Overwrite = False,
@@ -170,6 +171,7 @@ def phantom(
         seed=seed,
         overwrite=overwrite,
         resume=resume,
+        workers=workers,
         reporter=report,
     )
     report.summary(summary)

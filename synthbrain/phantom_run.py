@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +71,15 @@ def run_phantom(
     overwrite: bool,
     resume: bool,
     reporter: Reporter,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Draw and write this shard's subjects; returns a JSON-ready summary."""
+    """Draw and write this shard's subjects; returns a JSON-ready summary.
+
+    With workers > 1 subjects are made in a process pool, in order, while this process writes.
+    """
     from synthbrain.io.dataset import H5Writer
     from synthbrain.io.outputs import RunWriter
-    from synthbrain.phantom import grid_shape, iter_subjects
+    from synthbrain.phantom import grid_shape
     from synthbrain.rng import derive_seed, shard_indices
 
     started = time.perf_counter()
@@ -103,15 +110,7 @@ def run_phantom(
     done = writer.finished_ids() if (writer is not None and resume) else set()
     if h5 is None:  # a training set needs every subject; a folder only the missing ones
         indices = [k for k in indices if sample_name(k) not in done]
-    subjects = iter_subjects(
-        config.n,
-        seed=config.seed,
-        lesion=config.lesion,
-        contrasts=config.contrasts,
-        spacing=config.spacing,
-        mass_effect=config.mass_effect,
-        indices=indices,
-    )
+    subjects = _subjects(config, indices, workers)
     written = 0
     with reporter.task(f"phantom {config.lesion}", total=len(indices)) as advance:
         t0 = time.perf_counter()
@@ -142,6 +141,42 @@ def run_phantom(
         "shard": f"{shard[0]}/{shard[1]}",
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _one_subject(config: PhantomConfig, k: int) -> tuple[int, Any, Any]:
+    """Subject k of the run (picklable, for the process pool)."""
+    from synthbrain.phantom import iter_subjects
+
+    return next(
+        iter_subjects(
+            config.n,
+            seed=config.seed,
+            lesion=config.lesion,
+            contrasts=config.contrasts,
+            spacing=config.spacing,
+            mass_effect=config.mass_effect,
+            indices=[k],
+        )
+    )
+
+
+def _subjects(config: PhantomConfig, indices: list[int], workers: int) -> Iterator[tuple]:
+    """(k, params, subject) for each index, in order; made `workers` at a time."""
+    if workers <= 1 or len(indices) <= 1:
+        for k in indices:
+            yield _one_subject(config, k)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    make = functools.partial(_one_subject, config)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for k in indices:
+            pending.append(pool.submit(make, k))
+            if len(pending) >= 2 * workers:  # bounded look-ahead keeps memory flat
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _add_to_h5(h5: Any, sample_id: str, subject: Any, config: PhantomConfig) -> None:
