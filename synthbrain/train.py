@@ -43,7 +43,16 @@ from synthbrain.training.sampler import ResumableSampler
 from synthbrain.training.schedule import lr_factor
 from synthbrain.weights import save_state
 
-__all__ = ["TrainConfig", "fit", "launch_local", "lr_factor", "ResumableSampler"]
+__all__ = ["TrainConfig", "fit", "is_main_process", "launch_local", "lr_factor", "ResumableSampler"]
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a torchrun job and in a plain single process: the one that writes files.
+
+    Callers of `fit` (api, engines) use it to write their own outputs (config.json, reports)
+    once under torchrun.
+    """
+    return env_context().is_main
 
 
 def fit(

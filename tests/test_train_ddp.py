@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from synthbrain.train import TrainConfig, fit, launch_local
+from synthbrain.train import TrainConfig, fit, is_main_process, launch_local
 
 
 class IndexedDataset(Dataset):
@@ -60,7 +60,7 @@ def _train_on_rank(out_dir: str) -> None:
     summary = fit(engine, IndexedDataset(8), val, cfg, out_dir, progress=False)
     out = Path(out_dir)
     torch.save(engine.state_dict(), out / f"rank{rank}.pt")
-    seen = {"indices": engine.seen, "world_size": summary["world_size"]}
+    seen = {"indices": engine.seen, "world_size": summary["world_size"], "main": is_main_process()}
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
 
 
@@ -73,6 +73,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path: Path) -> None:
 
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(s["world_size"] == 2 for s in seen)
+    assert [s["main"] for s in seen] == [True, False]
     # Epoch 0 (8 examples = 2 ranks × batch 2 × 2 steps) is split between the ranks.
     first_epoch = [set(s["indices"][0] + s["indices"][1]) for s in seen]
     assert first_epoch[0].isdisjoint(first_epoch[1])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +58,7 @@ class Run:
     @property
     def amp(self) -> bool:
         """bf16 autocast is on (CUDA only)."""
-        return self.config.amp and self.device.type == "cuda"
+        return self.config.amp and self.device.type == "cuda" and _bf16_ok(self.device)
 
     def seconds(self) -> float:
         """Training wall time of this stage, summed over resumed runs."""
@@ -104,7 +106,7 @@ def trainable(engine: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
     else every parameter that requires grad."""
     chooser = getattr(engine, "trainable_parameters", None)
     if callable(chooser):
-        params = list(chooser())
+        params = list({id(p): p for p in chooser()}.values())  # tied weights listed once
     else:
         params = [p for p in engine.parameters() if p.requires_grad]
     name_of = {id(p): name for name, p in engine.named_parameters()}
@@ -129,3 +131,15 @@ def only_trainable(engine: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in before:
             p.requires_grad_(flag)
+
+
+@functools.cache
+def _bf16_ok(device: torch.device) -> bool:
+    """The GPU runs bf16 autocast (Ampere or newer); warns once when it does not."""
+    with torch.cuda.device(device):
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+    if not ok:
+        warnings.warn(
+            f"{device} has no bf16 support: amp is off, training in float32", stacklevel=2
+        )
+    return ok
