@@ -17,6 +17,7 @@ training_step itself. See docs/training.md.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ def fit(
     if not re.fullmatch(r"[A-Za-z0-9_-]+", stage):
         raise InputError(f"stage name {stage!r} must be letters, digits, '-' or '_'")
     check_dataset(train_set, "training set")
+    json.dumps(metadata or {})  # fail now, not after training, on what the export cannot store
     ctx = env_context()
     device = resolve_device(config.device, ctx.local_rank if ctx.distributed else None)
     ctx = init_distributed(ctx, device)
