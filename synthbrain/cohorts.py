@@ -197,7 +197,7 @@ def _csv_path(value: str, base: Path) -> Path | None:
 
 
 def discover_csv(path: Path) -> list[SubjectFiles]:
-    """A CSV with columns subject, t1/t2/flair/t1gd (any subset), mask or seg, brainmask, healthy.
+    """A CSV: subject, t1/t2/flair/t1gd (any subset), mask or seg, brainmask, healthy, lesion_type.
 
     Paths are relative to the CSV's folder. `healthy` (true/false) defaults to "no mask given".
     """
@@ -227,7 +227,7 @@ def discover_csv(path: Path) -> list[SubjectFiles]:
             cell["subject"],
             images,
             labels,
-            _csv_path(cell.get("brainmask", ""), path.parent),
+            _csv_path(cell.get("brainmask") or cell.get("brain_mask", ""), path.parent),
             healthy=healthy,
             source="csv",
             lesion_type="none" if healthy else cell.get("lesion_type") or "lesion",

@@ -234,16 +234,7 @@ def _preprocess(
     """Both passes and the fingerprint; `preprocess` has validated the arguments."""
     fp_path = fingerprint.fingerprint_path(out)
     key = fingerprint.fingerprint_key(subjects, options["layout"], options["contrasts"])
-    cached = None if overwrite else fingerprint.cached(fp_path, key)
-    bad: dict[str, str] = {}
-    if cached is not None:
-        facts, bad = cached["subjects"], dict(cached["fingerprint_skipped"])
-        if runner.strict and bad:
-            raise InputError(f"subject {min(bad)}: {bad[min(bad)]}")
-    else:
-        jobs = [(s.id, (prepare.subject_facts, (s, options["contrasts"]), {})) for s in subjects]
-        facts = dict(runner.run(jobs, bad))
-    _require_some(facts, bad)
+    facts, bad, reused = _collect_facts(subjects, options, fp_path, key, runner, overwrite)
     convention, names, warnings = detect_label_convention([facts[k] for k in sorted(facts)])
     warnings += fingerprint.mask_warnings(facts)
     for message in warnings:
@@ -280,8 +271,30 @@ def _preprocess(
         label_names=names,
         splits=splits,
         warnings=warnings,
-        fingerprint_reused=cached is not None,
+        fingerprint_reused=reused,
     )
+
+
+def _collect_facts(
+    subjects: list[SubjectFiles],
+    options: dict[str, Any],
+    fp_path: Path,
+    key: str,
+    runner: _Runner,
+    overwrite: bool,
+) -> tuple[dict[str, dict], dict[str, str], bool]:
+    """Pass 1, or its cached result: (facts by id, bad subjects' reasons, reused?)."""
+    cached = None if overwrite else fingerprint.cached(fp_path, key)
+    bad: dict[str, str] = {}
+    if cached is not None:
+        facts, bad = cached["subjects"], dict(cached["fingerprint_skipped"])
+        if runner.strict and bad:
+            raise InputError(f"subject {min(bad)}: {bad[min(bad)]}")
+    else:
+        jobs = [(s.id, (prepare.subject_facts, (s, options["contrasts"]), {})) for s in subjects]
+        facts = dict(runner.run(jobs, bad))
+    _require_some(facts, bad)
+    return facts, bad, cached is not None
 
 
 def _write_hdf5(
