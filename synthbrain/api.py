@@ -147,6 +147,8 @@ def preprocess(
             overwrite=overwrite,
             progress=advance,
         )
+    for message in getattr(result, "warnings", []):
+        reporter.warn(message)
     for name, reason in getattr(result, "skipped", []):
         reporter.warn(f"skipped {name}: {reason}")
     summary = _as_dict(result)

@@ -80,7 +80,7 @@ def run_phantom(
     from synthbrain.io.dataset import H5Writer
     from synthbrain.io.outputs import RunWriter
     from synthbrain.phantom import grid_shape
-    from synthbrain.rng import derive_seed, shard_indices
+    from synthbrain.rng import shard_indices
 
     started = time.perf_counter()
     writer = None
@@ -105,14 +105,45 @@ def run_phantom(
             grid=list(grid_shape(config.spacing)),
             label_names=label_names(config.lesion),
             label_convention="brats2023" if config.lesion == "tumor" else "binary",
+            overwrite=overwrite,
         )
     indices = shard_indices(config.n, shard)
     done = writer.finished_ids() if (writer is not None and resume) else set()
     if h5 is None:  # a training set needs every subject; a folder only the missing ones
         indices = [k for k in indices if sample_name(k) not in done]
     subjects = _subjects(config, indices, workers)
+    try:
+        written = _write_subjects(config, subjects, len(indices), writer, h5, done, reporter)
+    except BaseException:
+        if h5 is not None:  # no half-written training set under the final name
+            h5.abort()
+        raise
+    if h5 is not None:
+        h5.finish(split_fractions=split, seed=config.seed, slices=slices)
+    return {
+        "out": str(out) if out else None,
+        "hdf5": str(hdf5) if hdf5 else None,
+        "written": written,
+        "skipped_finished": len(done),
+        "shard": f"{shard[0]}/{shard[1]}",
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _write_subjects(
+    config: PhantomConfig,
+    subjects: Iterator[tuple],
+    total: int,
+    writer: Any,
+    h5: Any,
+    done: set[str],
+    reporter: Reporter,
+) -> int:
+    """Write each subject to the run folder and/or the training set; returns folder samples."""
+    from synthbrain.rng import derive_seed
+
     written = 0
-    with reporter.task(f"phantom {config.lesion}", total=len(indices)) as advance:
+    with reporter.task(f"phantom {config.lesion}", total=total) as advance:
         t0 = time.perf_counter()
         for k, _, subject in subjects:
             sample_id = sample_name(k)
@@ -131,16 +162,7 @@ def run_phantom(
             t0 = time.perf_counter()
     if writer is not None:
         writer.close()
-    if h5 is not None:
-        h5.finish(split_fractions=split, seed=config.seed, slices=slices)
-    return {
-        "out": str(out) if out else None,
-        "hdf5": str(hdf5) if hdf5 else None,
-        "written": written,
-        "skipped_finished": len(done),
-        "shard": f"{shard[0]}/{shard[1]}",
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    return written
 
 
 def _one_subject(config: PhantomConfig, k: int) -> tuple[int, Any, Any]:
