@@ -236,9 +236,7 @@ def _preprocess(
     key = fingerprint.fingerprint_key(subjects, options["layout"], options["contrasts"])
     facts, bad, reused = _collect_facts(subjects, options, fp_path, key, runner, overwrite)
     convention, names, warnings = detect_label_convention([facts[k] for k in sorted(facts)])
-    warnings += fingerprint.mask_warnings(facts)
-    for message in warnings:
-        log.warning(message)
+    warnings += fingerprint.mask_warnings(facts)  # shown by the caller (api) from the report
     if options["grid"] is None:
         options["grid"] = prepare.default_grid(
             list(facts.values()), options["spacing"], options["grid_multiple"]
