@@ -98,7 +98,10 @@ class Decoder(nn.Module):
             layers += _res_stack(dims, ch, widths[level], num_res_blocks, nk)
             ch = widths[level]
             if level > 0:
-                layers.append(Upsample(dims, ch))
+                # the upsampling conv already narrows to the finer level: at full resolution it
+                # is the costliest layer, so this halves the decoder's work there
+                layers.append(Upsample(dims, ch, widths[level - 1]))
+                ch = widths[level - 1]
         layers += _out(dims, ch, out_channels, nk)
         self.layers = nn.Sequential(*layers)
 
