@@ -36,6 +36,32 @@ def _resolve_levels(levels: Sequence[int], n: int) -> set[int]:
     return out
 
 
+class _Skip(nn.Module):
+    """Marker in the encoder list: store the current features as a skip connection."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Identity."""
+        return x
+
+
+def _encoder(
+    dims: int, widths: list[int], num_res_blocks: int, attn: set[int], blk: dict
+) -> nn.ModuleList:
+    """Down path: per level ResBlocks (+ attention), a skip marker after each, then downsample."""
+    layers = nn.ModuleList()
+    ch = widths[0]
+    for level, width in enumerate(widths):
+        for _ in range(num_res_blocks):
+            layers.append(ResBlock(dims, ch, width, **blk["res"]))
+            ch = width
+            if level in attn:
+                layers.append(AttentionBlock(dims, ch, **blk["attn"]))
+            layers.append(_Skip())
+        if level < len(widths) - 1:
+            layers.append(Downsample(dims, ch))
+    return layers
+
+
 class _Decoder(nn.Module):
     """Up path: per level (coarse → fine) ResBlocks over [h, skip], optional attention, upsample."""
 
@@ -136,21 +162,11 @@ class UNet(nn.Module):
             "attn": {"num_heads": num_heads, "groups": groups, "norm": norm},
         }
         self.stem = conv_nd(dims, in_channels, widths[0], 3)
-        self.encoder = nn.ModuleList()
-        ch = widths[0]
-        for level, width in enumerate(widths):
-            for _ in range(num_res_blocks):
-                self.encoder.append(ResBlock(dims, ch, width, **blk["res"]))
-                ch = width
-                if level in attn:
-                    self.encoder.append(AttentionBlock(dims, ch, **blk["attn"]))
-                self.encoder.append(_Skip())
-            if level < len(widths) - 1:
-                self.encoder.append(Downsample(dims, ch))
-        middle = [ResBlock(dims, ch, ch, **blk["res"])]
+        self.encoder = _encoder(dims, widths, num_res_blocks, attn, blk)
+        middle = [ResBlock(dims, widths[-1], widths[-1], **blk["res"])]
         if middle_attention:
-            middle.append(AttentionBlock(dims, ch, **blk["attn"]))
-        middle.append(ResBlock(dims, ch, ch, **blk["res"]))
+            middle.append(AttentionBlock(dims, widths[-1], **blk["attn"]))
+        middle.append(ResBlock(dims, widths[-1], widths[-1], **blk["res"]))
         self.middle = nn.ModuleList(middle)
 
         n_dec = len(self.out_channels) if separate_decoders else 1
@@ -226,11 +242,3 @@ class UNet(nn.Module):
             feats = self.decoders[0](h, skips, emb)
             outs = tuple(head(feats) for head in self.heads)
         return outs if self.multi_head else outs[0]
-
-
-class _Skip(nn.Module):
-    """Marker in the encoder list: store the current features as a skip connection."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Identity."""
-        return x
