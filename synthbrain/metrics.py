@@ -20,21 +20,19 @@ def psnr(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = 
 
 
 def ssim(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
-         data_range: float = 1.0, sigma: float = 1.5) -> float:  # fmt: skip
-    """Structural similarity (Gaussian window), averaged over `mask` when given."""
-    from scipy.ndimage import gaussian_filter
+         data_range: float = 1.0) -> float:  # fmt: skip
+    """Structural similarity (11-tap Gaussian window, σ = 1.5), averaged over `mask` when given.
 
-    a = np.asarray(estimate, np.float64)
-    b = np.asarray(reference, np.float64)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = gaussian_filter(a, sigma), gaussian_filter(b, sigma)
-    var_a = gaussian_filter(a * a, sigma) - mu_a**2
-    var_b = gaussian_filter(b * b, sigma) - mu_b**2
-    cov = gaussian_filter(a * b, sigma) - mu_a * mu_b
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
-        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    )
-    return float(ssim_map[mask > 0].mean() if mask is not None else ssim_map.mean())
+    One SSIM for the whole project: this wraps `synthbrain.nets.ssim` (the training loss's).
+    """
+    import torch
+
+    from synthbrain.nets.ssim import ssim as ssim_map
+
+    a = torch.as_tensor(np.asarray(estimate, np.float64))[None, None]
+    b = torch.as_tensor(np.asarray(reference, np.float64))[None, None]
+    values = ssim_map(a, b, data_range, padding="same", reduction="map")[0, 0].numpy()
+    return float(values[mask > 0].mean() if mask is not None else values.mean())
 
 
 def l1(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
