@@ -1,0 +1,321 @@
+"""Paired lesion–brain diffusion (USB), engine `paired`: the model bundle and its losses.
+
+One `PairedModel` holds the three networks of METHODS.md §2: a 3-D KL autoencoder for the brain
+image y (x4 down), the lesion branch ε^x_θ(x_t, y_t, t) and the brain branch ε^y_θ(y_t, x̂0, t),
+both 3-D U-Nets on the latent grid. The lesion x lives on the same latent grid as a soft map: the
+binary mask average-pooled by `mask_pool`, then folded into channels (space-to-depth) by
+4 / mask_pool, scaled to [-1, 1] (our reading; see docs/paired.md). The joint diffusion state is
+one tensor, channels [x, y], so the shared sampling loop drives it.
+
+This module knows no files. The samplers and guidance hooks are in `paired_guidance`, training in
+`paired_train`, the file-level commands in `paired_run`; `train`, `generate`, `heal` and `implant`
+below forward to them so `synthbrain.engines.load("paired")` finds them here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from synthbrain.diffusion import Schedule, make_schedule, q_sample
+from synthbrain.nets import KLAutoencoder, UNet, autoencoder_loss
+
+STAGES = ("autoencoder", "diffusion")
+
+
+class PairedConfig(BaseModel):
+    """Network and diffusion settings of one paired model (stored in the weights' metadata).
+
+    Attributes:
+        lesion: the lesion type the model was trained for (stroke, wmh, ...).
+        contrasts: image channels, in order.
+        spacing: model grid spacing in mm (isotropic).
+        grid: model grid shape (MNI152 space); divisible by 4 · 2^(levels − 1) of the denoiser.
+        latent_channels: channels of the autoencoder's latent.
+        ae_base_channels, ae_channel_mults: autoencoder widths (3 levels = x4 down).
+        denoiser_base_channels, denoiser_channel_mults, denoiser_attention_levels: both U-Nets.
+        mask_pool: the mask is average-pooled by this factor (1, 2 or 4) and the rest of the x4
+            down to the latent grid is folded into channels ((4 / mask_pool)^3 lesion channels).
+        T, beta_start, beta_end: the linear noise schedule (USB: 1024, 1e-4, 0.02).
+        latent_shift, latent_scale: per-channel normalisation z ← (z − shift) · scale of the
+            encoder mean, measured on the training latents (unit variance for the diffusion).
+        lesion_sign: +1 when lesions are brighter than the tissue they replace, −1 darker,
+            measured on the training set (used by evaluation and reported in the manifest).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    lesion: str = "stroke"
+    contrasts: list[str] = Field(default_factory=lambda: ["t1"], min_length=1)
+    spacing: float = Field(default=2.0, gt=0)
+    grid: tuple[int, int, int] = (96, 112, 96)
+    latent_channels: int = Field(default=4, ge=1)
+    ae_base_channels: int = Field(default=8, ge=1)
+    ae_channel_mults: tuple[int, ...] = (1, 2, 4)
+    denoiser_base_channels: int = Field(default=16, ge=1)
+    denoiser_channel_mults: tuple[int, ...] = (1, 2, 2)
+    denoiser_attention_levels: tuple[int, ...] = (-1,)
+    mask_pool: int = 2
+    T: int = Field(default=1024, ge=2)
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    latent_shift: list[float] | None = None
+    latent_scale: list[float] | None = None
+    lesion_sign: float = -1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> PairedConfig:
+        """Grid divisible by the networks' strides; a mask pool that divides 4; x4 autoencoder."""
+        if len(self.ae_channel_mults) != 3:
+            raise ValueError("the autoencoder needs 3 levels (x4 down to the latent grid)")
+        if self.mask_pool not in (1, 2, 4):
+            raise ValueError(f"mask_pool must be 1, 2 or 4, got {self.mask_pool}")
+        multiple = 4 * 2 ** (len(self.denoiser_channel_mults) - 1)
+        if any(g % multiple for g in self.grid):
+            raise ValueError(f"grid {self.grid} must be divisible by {multiple}")
+        for name in ("latent_shift", "latent_scale"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.latent_channels:
+                raise ValueError(f"{name} needs {self.latent_channels} values")
+        return self
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the brain image (one per contrast)."""
+        return len(self.contrasts)
+
+    @property
+    def lesion_channels(self) -> int:
+        """Channels of the lesion's soft map on the latent grid."""
+        return (4 // self.mask_pool) ** 3
+
+    @property
+    def latent_grid(self) -> tuple[int, int, int]:
+        """The latent grid (the model grid / 4)."""
+        return tuple(g // 4 for g in self.grid)  # type: ignore[return-value]
+
+    def schedule(self) -> Schedule:
+        """The noise schedule (METHODS §2: linear betas, T = 1024)."""
+        return make_schedule("linear", self.T, self.beta_start, self.beta_end)
+
+
+class PairedModel(nn.Module):
+    """The USB bundle: autoencoder + lesion branch ε^x_θ + brain branch ε^y_θ.
+
+    `stage` picks what `training_step` trains: "autoencoder" (L1 + SSIM + KL on image crops) or
+    "diffusion" (Eq. 10–11 on precomputed latents, the autoencoder frozen).
+
+    Args:
+        config: the network and diffusion settings.
+        stage: "autoencoder" or "diffusion".
+        p_true_condition: in the diffusion stage, the fraction of examples whose brain branch is
+            conditioned on the true x0 instead of the lesion branch's one-step estimate x̂0
+            (conditional generation, heal and implant give the true mask; joint sampling gives x̂0).
+        kl_weight, ssim_weight: autoencoder loss weights.
+    """
+
+    def __init__(
+        self,
+        config: PairedConfig,
+        *,
+        stage: str = "diffusion",
+        p_true_condition: float = 0.5,
+        kl_weight: float = 1e-6,
+        ssim_weight: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.stage = stage
+        self.p_true_condition = p_true_condition
+        self.kl_weight, self.ssim_weight = kl_weight, ssim_weight
+        c, cx, cz = config.image_channels, config.lesion_channels, config.latent_channels
+        self.ae = KLAutoencoder(
+            3, c, cz, config.ae_base_channels, tuple(config.ae_channel_mults), norm="channel"
+        )
+        unet = {
+            "base_channels": config.denoiser_base_channels,
+            "channel_mults": tuple(config.denoiser_channel_mults),
+            "attention_levels": tuple(config.denoiser_attention_levels),
+        }
+        self.eps_x = UNet(3, cx + cz, cx, **unet)  # ε^x_θ(x_t, y_t, t)
+        self.eps_y = UNet(3, cz + cx, cz, **unet)  # ε^y_θ(y_t, x̂0, t)
+        self.schedule = config.schedule()
+        self._set_latent_norm(config.latent_shift, config.latent_scale)
+
+    # ------------------------------------------------------------------ latent space
+
+    def _set_latent_norm(self, shift: list[float] | None, scale: list[float] | None) -> None:
+        """Per-channel latent normalisation (identity until measured on training latents)."""
+        cz = self.config.latent_channels
+        self.register_buffer("latent_shift", torch.tensor(shift or [0.0] * cz), persistent=False)
+        self.register_buffer("latent_scale", torch.tensor(scale or [1.0] * cz), persistent=False)
+
+    def set_latent_norm(self, shift: list[float], scale: list[float]) -> None:
+        """Store the measured latent normalisation in the buffers and the config."""
+        self.latent_shift.copy_(torch.tensor(shift))
+        self.latent_scale.copy_(torch.tensor(scale))
+        self.config = self.config.model_copy(update={"latent_shift": shift, "latent_scale": scale})
+
+    def _norm_shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Shift and scale shaped [1, C, 1, 1, 1] in t's dtype."""
+        shape = (1, -1, 1, 1, 1)
+        return (
+            self.latent_shift.to(t.dtype).reshape(shape),
+            self.latent_scale.to(t.dtype).reshape(shape),
+        )
+
+    def encode(self, image: Tensor) -> Tensor:
+        """Normalised latent y0 of images [B, C, *grid] in [0, 1] (the posterior mean)."""
+        shift, scale = self._norm_shape(image)
+        return (self.ae.encode(image).mode() - shift) * scale
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images [B, C, *grid] from normalised latents."""
+        shift, scale = self._norm_shape(z)
+        return self.ae.decode(z / scale + shift)
+
+    def mask_to_x(self, mask: Tensor) -> Tensor:
+        """Lesion state x0 in [-1, 1] [B, Cx, *latent] of binary masks [B, 1, *grid]."""
+        pool = self.config.mask_pool
+        soft = F.avg_pool3d(mask.float(), pool) if pool > 1 else mask.float()
+        return space_to_depth(soft, 4 // pool) * 2.0 - 1.0
+
+    def x_to_soft(self, x: Tensor) -> Tensor:
+        """The lesion probability map [B, 1, *grid] of a lesion state (trilinear, in [0, 1])."""
+        soft = depth_to_space((x.float().clamp(-1, 1) + 1.0) / 2.0, 4 // self.config.mask_pool)
+        if self.config.mask_pool > 1:
+            soft = F.interpolate(soft, scale_factor=self.config.mask_pool, mode="trilinear")
+        return soft.clamp(0.0, 1.0)
+
+    def empty_x(self, batch: int, like: Tensor) -> Tensor:
+        """The empty-mask condition x_∅ (all −1) for `batch` samples."""
+        shape = (batch, self.config.lesion_channels, *like.shape[2:])
+        return torch.full(shape, -1.0, dtype=like.dtype, device=like.device)
+
+    # ------------------------------------------------------------------ branches
+
+    def lesion_eps(self, x_t: Tensor, y_t: Tensor, t: Tensor) -> Tensor:
+        """ε^x_θ(x_t, y_t, t): the lesion branch, conditioned on y_t (the paper's ŷ0 proxy)."""
+        return self.eps_x(torch.cat([x_t, y_t], dim=1), t)
+
+    def brain_eps(self, y_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """ε^y_θ(y_t, x̂0, t): the brain branch, conditioned on the lesion estimate."""
+        return self.eps_y(torch.cat([y_t, x0], dim=1), t)
+
+    def x0_from(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """One-step estimate x̂0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t (Suppl. C.3)."""
+        abar = self.schedule.abar(t, x_t)
+        return (x_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+
+    # ------------------------------------------------------------------ training
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The autoencoder in stage 1; both denoisers in stage 2 (autoencoder frozen)."""
+        if self.stage == "autoencoder":
+            return list(self.ae.parameters())
+        return [*self.eps_x.parameters(), *self.eps_y.parameters()]
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        """Route to training_step (DDP syncs gradients through forward)."""
+        return self.training_step(batch, generator)
+
+    def training_step(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict:
+        """The stage's loss: autoencoder_loss, or L_lesion + L_brain (Eq. 10–11)."""
+        if self.stage == "autoencoder":
+            image = batch["image"]
+            recon, posterior = self.ae(image, generator)
+            return autoencoder_loss(
+                image, recon, posterior, kl_weight=self.kl_weight, ssim_weight=self.ssim_weight
+            )
+        return self.diffusion_loss(batch["z"], batch["x"], generator)
+
+    def diffusion_loss(self, y0: Tensor, x0: Tensor, generator: torch.Generator) -> dict:
+        """‖ε_x − ε^x_θ(x_t, y_t, t)‖² + ‖ε_y − ε^y_θ(y_t, x̂0, t)‖² (METHODS §2, Eq. 10–11)."""
+        b = y0.shape[0]
+        t = torch.randint(0, self.schedule.T, (b,), generator=generator, device=generator.device)
+        t = t.to(y0.device)
+        noise_x = _randn(x0, generator)
+        noise_y = _randn(y0, generator)
+        x_t = q_sample(self.schedule, x0, t, noise_x)  # Eq. 4
+        y_t = q_sample(self.schedule, y0, t, noise_y)  # Eq. 5
+        eps_x = self.lesion_eps(x_t, y_t, t)
+        # The brain branch sees the lesion branch's one-step estimate (detached: the two
+        # sub-models co-evolve without back-propagating through each other) or the true x0.
+        x0_hat = self.x0_from(x_t, t, eps_x.detach()).clamp(-1.0, 1.0)
+        u = torch.rand((b,), generator=generator, device=generator.device).to(y0.device)
+        use_true = (u < self.p_true_condition).reshape(b, 1, 1, 1, 1)
+        condition = torch.where(use_true, x0, x0_hat)
+        eps_y = self.brain_eps(y_t, condition, t)
+        loss_x = F.mse_loss(eps_x.float(), noise_x.float())  # Eq. 10
+        loss_y = F.mse_loss(eps_y.float(), noise_y.float())  # Eq. 11
+        return {"loss": loss_x + loss_y, "loss_lesion": loss_x, "loss_brain": loss_y}
+
+
+def _randn(like: Tensor, generator: torch.Generator) -> Tensor:
+    """Standard normal noise shaped like `like`, drawn from `generator` (on its device)."""
+    noise = torch.randn(like.shape, generator=generator, device=generator.device)
+    return noise.to(like.device, like.dtype)
+
+
+def space_to_depth(x: Tensor, factor: int) -> Tensor:
+    """[B, C, X, Y, Z] → [B, C·f³, X/f, Y/f, Z/f]: each f³ block folded into channels."""
+    if factor == 1:
+        return x
+    b, c, *size = x.shape
+    n = [s // factor for s in size]
+    x = x.reshape(b, c, n[0], factor, n[1], factor, n[2], factor)
+    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, c * factor**3, *n)
+
+
+def depth_to_space(x: Tensor, factor: int) -> Tensor:
+    """Inverse of `space_to_depth`."""
+    if factor == 1:
+        return x
+    b, cf, *n = x.shape
+    c = cf // factor**3
+    x = x.reshape(b, c, factor, factor, factor, *n)
+    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, c, *(s * factor for s in n))
+
+
+def build_model(config: PairedConfig | dict[str, Any], **kwargs: Any) -> PairedModel:
+    """A PairedModel from a config (or its dict form)."""
+    if not isinstance(config, PairedConfig):
+        config = PairedConfig.model_validate(config)
+    return PairedModel(config, **kwargs)
+
+
+# ---------------------------------------------------------------------- engine entry points
+
+
+def train(**options: Any) -> dict[str, Any]:
+    """`synthbrain train --engine paired` (see `paired_train.train`)."""
+    from synthbrain.engines.paired_train import train as run
+
+    return run(**options)
+
+
+def generate(**options: Any) -> dict[str, Any]:
+    """`synthbrain generate` with the paired engine (see `paired_run.generate`)."""
+    from synthbrain.engines.paired_run import generate as run
+
+    return run(**options)
+
+
+def heal(inputs: Any, **options: Any) -> dict[str, Any]:
+    """`synthbrain heal` with the paired engine (see `paired_run.heal`)."""
+    from synthbrain.engines.paired_run import heal as run
+
+    return run(inputs, **options)
+
+
+def implant(inputs: Any, **options: Any) -> dict[str, Any]:
+    """`synthbrain implant` with the paired engine (see `paired_run.implant`)."""
+    from synthbrain.engines.paired_run import implant as run
+
+    return run(inputs, **options)

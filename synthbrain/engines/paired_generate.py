@@ -1,0 +1,246 @@
+"""`synthbrain generate` with the paired engine: batches of triplets written through RunWriter."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthbrain.engines.paired_guidance import (
+    SamplerSettings,
+    autocast_for,
+    sample_given_mask,
+    sample_joint,
+)
+from synthbrain.engines.paired_run import (
+    SEAM_VOXELS,
+    Bundle,
+    brain_tensor,
+    composite,
+    decode_images,
+    healed_substrate,
+    soft_to_mask,
+)
+from synthbrain.errors import InputError
+from synthbrain.progress import Reporter
+
+IDENTITY_KEYS = (
+    "command", "engine", "lesion", "weights", "weights_sha256", "steps", "sampler", "spacing",
+    "seed", "layout", "masks", "precision", "substrate_t_start",
+)  # fmt: skip
+
+
+@dataclass
+class Triplet:
+    """One generated sample on the model grid: image [C, *grid], binary mask, healthy substrate."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    healthy: np.ndarray
+
+
+def sample_id(k: int) -> str:
+    """The id of sample k (also its file-name stem in the flat layout)."""
+    return f"synth{k:05d}"
+
+
+def load_mask_folder(folder: Path, bundle: Bundle) -> list[np.ndarray]:
+    """Masks (MNI152 space, any grid) on the model grid, each checked against the brain."""
+    from synthbrain.engines.paired_edit import MIN_MASK_OVERLAP, template_arrays
+    from synthbrain.io.geometry import resample_array
+    from synthbrain.io.nifti import load_volume
+    from synthbrain.io.validate import mask_brain_overlap
+
+    files = sorted(p for p in Path(folder).iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    if not files:
+        raise InputError("no NIfTI masks (.nii, .nii.gz) in the folder", folder)
+    _, brain, affine = template_arrays(bundle.model.config.spacing, bundle.model.config.grid)
+    masks = []
+    for path in files:
+        mask = load_volume(path, kind="mask")
+        grid = resample_array(mask.data, mask.affine, brain.shape, affine, order=0) > 0
+        overlap = mask_brain_overlap(grid, brain)
+        if overlap < MIN_MASK_OVERLAP:
+            raise InputError(
+                f"only {100 * overlap:.0f}% of the mask lies inside the MNI152 brain (need "
+                f"{100 * MIN_MASK_OVERLAP:.0f}%); --masks expects masks in MNI152 space",
+                path,
+            )
+        masks.append(grid & (brain > 0))
+    return masks
+
+
+@torch.no_grad()
+def make_triplets(
+    bundle: Bundle,
+    generators: list[torch.Generator],
+    run: SamplerSettings,
+    brain: torch.Tensor,
+    masks: list[np.ndarray] | None = None,
+) -> list[Triplet]:
+    """Sample one triplet per generator (tasks a or b, then the healed substrate)."""
+    model, dev = bundle.model, bundle.device
+    if masks is None:
+        x0, y0 = sample_joint(model, generators, run)
+        mask = soft_to_mask(model, x0, brain)
+    else:
+        mask = torch.from_numpy(np.stack(masks))[:, None].to(dev)
+        y0 = sample_given_mask(model, model.mask_to_x(mask.float()), generators, run)
+    y_heal = healed_substrate(bundle, y0, mask, generators, run)
+    with autocast_for(dev, run.precision):
+        image = decode_images(model, y0, brain)
+        healed = decode_images(model, y_heal, brain)
+    healthy, _ = composite(image, healed, mask, SEAM_VOXELS)
+    return [
+        Triplet(image[i].cpu().numpy(), mask[i, 0].cpu().numpy(), healthy[i].cpu().numpy())
+        for i in range(len(generators))
+    ]
+
+
+def _volumes(t: Triplet, contrasts: list[str], affine: np.ndarray) -> dict[str, Any]:
+    """RunWriter volumes of a triplet (image/healthy per contrast when there are several)."""
+    from synthbrain.io.nifti import Volume
+
+    several = len(contrasts) > 1
+    volumes: dict[str, Any] = {}
+    for c, contrast in enumerate(contrasts):
+        key = f"_{contrast}" if several else ""
+        volumes[f"image{key}"] = Volume(t.image[c].astype(np.float32), affine)
+        volumes[f"healthy{key}"] = Volume(t.healthy[c].astype(np.float32), affine)
+    volumes["mask"] = Volume(t.mask.astype(np.uint8), affine)
+    return volumes
+
+
+def run_config(bundle: Bundle, run: SamplerSettings, **fields: Any) -> dict[str, Any]:
+    """The run's config.json."""
+    return {
+        "command": "generate",
+        "engine": "paired",
+        "lesion": bundle.model.config.lesion,
+        "weights": bundle.name,
+        "weights_sha256": bundle.sha256,
+        "steps": run.steps,
+        "sampler": run.sampler,
+        "spacing": run.spacing,
+        "precision": run.precision,
+        "substrate_t_start": 300,
+        **fields,
+    }
+
+
+def run_generate(
+    bundle: Bundle,
+    out: Path,
+    *,
+    n: int,
+    batch_size: int,
+    run: SamplerSettings,
+    masks: Path | None,
+    layout: str,
+    preview: bool,
+    shard: tuple[int, int],
+    seed: int,
+    overwrite: bool,
+    resume: bool,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Write this shard's samples; returns the JSON-ready summary."""
+    from synthbrain.io.outputs import RunWriter
+    from synthbrain.rng import shard_indices
+
+    started = time.perf_counter()
+    cfg = bundle.model.config
+    mask_list = load_mask_folder(masks, bundle) if masks is not None else None
+    config = run_config(
+        bundle, run, seed=seed, layout=layout, masks=str(masks) if masks else None, n=n,
+        batch_size=batch_size, shard=f"{shard[0]}/{shard[1]}", device=str(bundle.device),
+    )  # fmt: skip
+    writer = RunWriter(
+        out, layout=layout, config=config, overwrite=overwrite, resume=resume,
+        dataset_name="synthbrain-paired", channel_names=tuple(cfg.contrasts),
+        labels={"background": 0, "lesion": 1}, shard=shard, identity_keys=IDENTITY_KEYS,
+    )  # fmt: skip
+    done = writer.finished_ids() if resume else set()
+    todo = [k for k in shard_indices(n, shard) if sample_id(k) not in done]
+    written = _write_all(bundle, writer, todo, batch_size, run, mask_list, seed, preview, reporter)
+    writer.close()
+    return {
+        "out": str(out),
+        "engine": "paired",
+        "weights": bundle.name,
+        "weights_sha256": bundle.sha256,
+        "written": written,
+        "skipped_finished": len(shard_indices(n, shard)) - len(todo),
+        "shard": f"{shard[0]}/{shard[1]}",
+        "seed": seed,
+        "steps": run.steps,
+        "sampler": run.sampler,
+        "device": str(bundle.device),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _write_all(bundle, writer, todo, batch_size, run, mask_list, seed, preview, reporter) -> int:  # noqa: ANN001
+    """Sample and write the todo indices in batches; returns the number written."""
+    from synthbrain.rng import derive_seed, generator_for
+
+    brain = brain_tensor(bundle)
+    affine = _grid_affine(bundle)
+    empty = 0
+    with reporter.task(f"generate {bundle.model.config.lesion}", total=len(todo)) as advance:
+        for start in range(0, len(todo), batch_size):
+            ks = todo[start : start + batch_size]
+            t0 = time.perf_counter()
+            gens = [generator_for(derive_seed(seed, k)) for k in ks]
+            given = [mask_list[k % len(mask_list)] for k in ks] if mask_list else None
+            triplets = make_triplets(bundle, gens, run, brain, given)
+            seconds = (time.perf_counter() - t0) / len(ks)
+            for k, trip in zip(ks, triplets, strict=True):
+                empty += int(not trip.mask.any())
+                given_mask = mask_list is not None
+                record = _record(bundle, run, k, derive_seed(seed, k), seconds, given_mask)
+                vols = _volumes(trip, bundle.model.config.contrasts, affine)
+                writer.write_sample(sample_id(k), vols, record=record, index=k)
+                if preview:
+                    _preview(writer, sample_id(k), trip, affine)
+            advance(len(ks))
+    if empty:
+        reporter.warn(f"{empty} generated mask(s) came out empty (the model drew no lesion)")
+    return len(todo)
+
+
+def _grid_affine(bundle: Bundle) -> np.ndarray:
+    """The model grid's affine (MNI152 space)."""
+    from synthbrain.engines.paired_edit import template_arrays
+
+    return template_arrays(bundle.model.config.spacing, bundle.model.config.grid)[2]
+
+
+def _record(
+    bundle: Bundle, run: SamplerSettings, k: int, seed: int, seconds: float, given: bool
+) -> dict[str, Any]:
+    """The manifest fields of sample k."""
+    return {
+        "seed": seed,
+        "engine": "paired",
+        "weights": bundle.name,
+        "weights_sha256": bundle.sha256,
+        "lesion": bundle.model.config.lesion,
+        "task": "conditional" if given else "unconditional",
+        "steps": run.steps,
+        "sampler": run.sampler,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _preview(writer: Any, sid: str, trip: Triplet, affine: np.ndarray) -> None:
+    """A tri-planar PNG of the image with the mask overlaid."""
+    from synthbrain.io.preview import save_preview
+
+    folder = Path(writer.out_dir) / "previews"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_preview(folder / f"{sid}.png", trip.image[0], trip.mask, affine=affine, title=sid)

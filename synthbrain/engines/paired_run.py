@@ -1,0 +1,225 @@
+"""The paired engine's file-level commands: load weights, generate triplets, heal, implant.
+
+generate: sample k uses only derive_seed(run seed, k) (one generator per sample, noise drawn on
+the CPU), so shards and batch sizes give the same files; --resume skips samples whose files and
+manifest line verify. The substrate of a generated sample is its healed counterpart (heal with the
+sample's own mask as the LCG gate), composited so that image and substrate are identical outside
+the lesion's seam band.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthbrain.engines.paired import PairedConfig, PairedModel
+from synthbrain.engines.paired_guidance import (
+    ACGSettings,
+    SamplerSettings,
+    edit,
+    substrate_steps,
+)
+from synthbrain.errors import InputError
+from synthbrain.progress import Reporter
+
+DEFAULT_STEPS = 50
+SUBSTRATE_T_START = 300
+SEAM_VOXELS = 2  # the seam band around a lesion, in model-grid voxels (4 mm at 2 mm)
+
+
+@dataclass
+class Bundle:
+    """A loaded paired model and where it came from."""
+
+    model: PairedModel
+    name: str
+    path: Path
+    sha256: str
+    device: torch.device
+    precision: str
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto → CUDA when available, else CPU; InputError for an unusable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+
+
+def load_bundle(
+    weights: str | None, lesion: str, device: str = "auto", precision: str | None = None
+) -> Bundle:
+    """The paired model for `lesion` (or the named / given weights), on `device`, in eval mode.
+
+    precision: "fp32" or "bf16" (default: bf16 autocast on CUDA, fp32 on the CPU).
+    """
+    from synthbrain import weights as registry
+    from synthbrain.io.outputs import sha256_file
+
+    if weights is None:
+        entry = registry.entry_for_lesion("paired", lesion)
+        path, name, sha = registry.resolve_entry(entry), entry.name, entry.sha256
+    else:
+        path = registry.resolve(weights)
+        known = registry.registry()
+        name = weights if weights in known else path.stem
+        sha = sha256_file(path)
+    meta = registry.read_metadata(path)
+    if meta.get("engine") != "paired" or "config" not in meta:
+        raise InputError("not a paired-engine weights file (no paired config in it)", path)
+    model = PairedModel(PairedConfig.model_validate(meta["config"]))
+    state = registry.load_state(path)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    dev = resolve_device(device)
+    precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
+    return Bundle(model.to(dev).eval(), name, path, sha, dev, precision)
+
+
+# ---------------------------------------------------------------------- shared pieces
+
+
+def avg_pool_gate(mask: torch.Tensor) -> torch.Tensor:
+    """x_soft of LCG: the voxel-space mask average-pooled onto the latent grid (x4)."""
+    return F.avg_pool3d(mask.float(), 4)
+
+
+def decode_images(model: PairedModel, z: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1], zero outside the template brain."""
+    return model.decode(z).float().clamp(0.0, 1.0) * brain
+
+
+def soft_to_mask(model: PairedModel, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """Binary masks of lesion states: upsampled soft map > 0.5, inside the brain."""
+    return (model.x_to_soft(x) > 0.5) & (brain > 0)
+
+
+def composite(base: torch.Tensor, edited: torch.Tensor, core: torch.Tensor, seam: int) -> tuple:
+    """base + w·(edited − base), w = 1 on the core falling to 0 across the seam band."""
+    from synthbrain.engines.paired_edit import blend_weight
+
+    w = np.stack([blend_weight(c[0].cpu().numpy(), seam) for c in core])[:, None]
+    w_t = torch.from_numpy(w).to(base.device)
+    return base + w_t * (edited - base), w_t > 0
+
+
+def healed_substrate(
+    bundle: Bundle,
+    y0: torch.Tensor,
+    mask: torch.Tensor,
+    generators: list[torch.Generator],
+    run: SamplerSettings,
+    t_start: int = SUBSTRATE_T_START,
+) -> torch.Tensor:
+    """Heal latents with their own masks as the LCG gate; returns the healed latents."""
+    model = bundle.model
+    sub = SamplerSettings(
+        run.sampler, substrate_steps(run.steps, t_start, model.schedule.T), run.spacing, run.eta,
+        run.precision,
+    )  # fmt: skip
+    acg = ACGSettings(t_ref=t_start)
+    empty = model.empty_x(y0.shape[0], y0)
+    return edit(
+        model, y0, empty, generators, sub, t_start=t_start, acg=acg, x_soft=avg_pool_gate(mask)
+    )
+
+
+def brain_tensor(bundle: Bundle) -> torch.Tensor:
+    """The template brain mask on the model grid, [1, 1, *grid]."""
+    from synthbrain.engines.paired_edit import template_arrays
+
+    brain = template_arrays(bundle.model.config.spacing, bundle.model.config.grid)[1]
+    return torch.from_numpy(np.asarray(brain, np.float32))[None, None].to(bundle.device)
+
+
+# ---------------------------------------------------------------------- generate
+
+
+def generate(
+    *,
+    out: Path,
+    n: int = 10,
+    lesion: str = "stroke",
+    weights: str | None = None,
+    batch_size: int = 1,
+    steps: int | None = None,
+    sampler: str = "ddim",
+    anatomy: Path | None = None,
+    masks: Path | None = None,
+    layout: str = "flat",
+    preview: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    spacing: str = "linspace",
+    precision: str | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Generate `n` triplets (image, mask, healthy substrate) and a manifest in `out`.
+
+    Args:
+        out: the run folder (`layout`: flat, bids or nnunet).
+        n, lesion, weights: how many, of which lesion type, with which weights (default: the
+            registered paired weights for `lesion`).
+        batch_size: samples drawn together (sample k's files do not depend on it).
+        steps, sampler, spacing: the reverse process (default 50 DDIM steps, linspace).
+        masks: a folder of lesion masks in MNI152 space: conditional generation (task b), sample
+            k uses mask k mod count.
+        preview: a tri-planar PNG per sample under previews/.
+        shard: "i/N" (or Slurm's array variables): only samples k with k % N == i.
+        seed: the run seed; sample k uses derive_seed(seed, k) alone.
+        overwrite, resume: what to do with a folder holding a previous run.
+        precision: "fp32" or "bf16" (default bf16 on CUDA).
+    """
+    from synthbrain.engines.paired_generate import run_generate
+
+    if anatomy is not None:
+        raise InputError("--anatomy is for the deviation engine; the paired engine draws anatomy")
+    reporter = reporter or Reporter(quiet=True)
+    bundle = load_bundle(weights, lesion, device, precision)
+    run = SamplerSettings(sampler, steps or DEFAULT_STEPS, spacing, 0.0, bundle.precision)
+    return run_generate(
+        bundle, Path(out), n=n, batch_size=batch_size, run=run, masks=masks, layout=layout,
+        preview=preview, shard=_shard(shard), seed=seed, overwrite=overwrite, resume=resume,
+        reporter=reporter,
+    )  # fmt: skip
+
+
+def _shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """(index, count) from --shard or the Slurm array variables; (0, 1) without either."""
+    from synthbrain.rng import parse_shard, shard_from_env
+
+    if isinstance(shard, tuple):
+        return shard
+    if shard is not None:
+        return tuple(parse_shard(shard))  # type: ignore[return-value]
+    return tuple(shard_from_env() or (0, 1))  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------- heal / implant
+
+
+def heal(inputs: Any, **options: Any) -> dict[str, Any]:
+    """The healthy counterpart of `inputs.scan` on its own grid (see `paired_scan.run_edit`)."""
+    from synthbrain.engines.paired_scan import run_edit
+
+    return run_edit("heal", inputs, **options)
+
+
+def implant(inputs: Any, **options: Any) -> dict[str, Any]:
+    """`inputs.scan` with the lesion of `inputs.mask` implanted (see `paired_scan.run_edit`)."""
+    from synthbrain.engines.paired_scan import run_edit
+
+    return run_edit("implant", inputs, **options)

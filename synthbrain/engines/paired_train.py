@@ -1,0 +1,316 @@
+"""`synthbrain train --engine paired`: autoencoder, latents, the two sub-models, one weights file.
+
+Stage "autoencoder" fits the KL autoencoder on image crops (L1 + SSIM + KL); the latents of every
+stage-2 example are then computed once with the frozen autoencoder (cached in the run folder);
+stage "diffusion" fits ε^x_θ and ε^y_θ on them (Eq. 10–11). Both stages go through
+`synthbrain.train.fit` (resumable, DDP-ready). The result is one fp16 safetensors file holding the
+autoencoder and both sub-models, its network config in the metadata, and a weights.toml entry
+that `--weights PATH` (or a user registry) accepts.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from synthbrain.engines.paired import PairedConfig, PairedModel
+from synthbrain.errors import InputError
+from synthbrain.progress import Reporter
+from synthbrain.training.config import TrainConfig, resolve_device
+
+WEIGHTS_LICENCE = "Apache-2.0"
+
+
+class StageSettings(TrainConfig):
+    """A stage's TrainConfig plus the paired engine's own knobs (all optional in the file)."""
+
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=4, ge=1)
+    crop: int = Field(default=32, ge=8)  # autoencoder crops (voxels per side)
+    weights: str | None = None  # autoencoder: reuse a trained one (a paired weights file)
+    p_true_condition: float = Field(default=0.5, ge=0, le=1)
+
+
+class DataSettings(BaseModel):
+    """Which stage-2 examples are made from the training set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    healthy_fraction: float = Field(default=0.5, ge=0, le=1)
+    anomaly_randomisation: bool = True
+    pseudo_fraction: float = Field(default=0.5, ge=0, le=1)
+    max_subjects: int | None = Field(default=None, ge=1)
+    encode_batch: int = Field(default=2, ge=1)
+
+
+class PairedTrainConfig(BaseModel):
+    """The whole training config file (examples/configs/paired-*.toml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: dict[str, Any] = Field(default_factory=dict)
+    autoencoder: StageSettings = Field(default_factory=StageSettings)
+    diffusion: StageSettings = Field(default_factory=StageSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+
+
+def load_train_config(path: Path | None, **overrides: Any) -> PairedTrainConfig:
+    """The config file (or defaults) with --steps / --batch-size / --seed / --device applied."""
+    from synthbrain.config import load_file
+
+    values = load_file(path) if path is not None else {}
+    try:
+        cfg = PairedTrainConfig.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"invalid setting {where}: {first['msg']}", path) from None
+    for stage in (cfg.autoencoder, cfg.diffusion):
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(stage, key, value)
+    return cfg
+
+
+def model_config_for(data: Path, settings: dict[str, Any]) -> PairedConfig:
+    """The network config: the [model] table; lesion, contrasts and grid default to the data's."""
+    from synthbrain.io.dataset import read_info, read_subject, split_ids
+
+    info = read_info(data)
+    first = read_subject(data, split_ids(data, "all")[0])["attrs"]
+    values = {
+        "lesion": first.get("lesion_type", "stroke"),
+        "contrasts": list(info["contrasts"]),
+        "grid": tuple(info["grid"]),
+        "spacing": float(info["spacing"][0]),
+        **settings,
+    }
+    try:
+        return PairedConfig.model_validate(values)
+    except ValidationError as err:
+        raise InputError(f"invalid [model] settings: {err.errors()[0]['msg']}", data) from None
+
+
+def train(
+    *,
+    data: Path,
+    out: Path,
+    config_file: Path | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    reporter: Reporter | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Train a paired model on an HDF5 set; returns the summary with the weights entry.
+
+    Args:
+        data: HDF5 training set (`synthbrain preprocess` or `synthbrain phantom --hdf5`).
+        out: run folder: checkpoints/, metrics.jsonl, latents.pt, the weights file.
+        config_file: TOML config (examples/configs/paired-*.toml); defaults otherwise.
+        steps, batch_size: override both stages' values.
+        resume: continue both stages from their checkpoints (a finished stage re-exports).
+        device: auto | cpu | cuda.
+        seed: data order, noise and anomaly randomisation.
+    """
+    reporter = reporter or Reporter(quiet=True)
+    started = time.perf_counter()
+    cfg = load_train_config(
+        config_file, steps=steps, batch_size=batch_size, seed=seed,
+        device=device if device != "auto" else None,
+    )  # fmt: skip
+    model = PairedModel(
+        model_config_for(Path(data), cfg.model),
+        p_true_condition=cfg.diffusion.p_true_condition,
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ae_summary = _stage_autoencoder(model, Path(data), cfg, out, resume, reporter)
+    z, x, counts = _latents(model, Path(data), cfg, out, resume, reporter)
+    diff_summary = _stage_diffusion(model, z, x, cfg, out, resume, reporter)
+    weights = export_bundle(model, out / f"paired-{model.config.lesion}.safetensors", {
+        "autoencoder": ae_summary, "diffusion": diff_summary, "examples": counts,
+    })  # fmt: skip
+    entry = weights_entry(model, weights, Path(data), config_file, counts, cfg)
+    (out / "weights-entry.toml").write_text(entry)
+    reporter.info(f"weights.toml entry (also in {out / 'weights-entry.toml'}):\n{entry}")
+    return {
+        "engine": "paired",
+        "weights": str(weights),
+        "sha256": _sha(weights),
+        "examples": counts,
+        "autoencoder": _brief(ae_summary),
+        "diffusion": _brief(diff_summary),
+        "seconds": round(time.perf_counter() - started, 2),
+        "weights_entry": entry,
+    }
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a fit summary worth reporting."""
+    keys = ("step", "losses", "val", "seconds", "device")
+    return {k: summary.get(k) for k in keys}
+
+
+def _stage_autoencoder(
+    model: PairedModel, data: Path, cfg: PairedTrainConfig, out: Path, resume: bool, rep: Reporter
+) -> dict[str, Any]:
+    """Fit the autoencoder on crops, or load one from `autoencoder.weights`."""
+    from synthbrain.engines.paired_data import CropDataset
+    from synthbrain.train import fit
+
+    settings = cfg.autoencoder
+    if settings.weights:
+        load_autoencoder(model, Path(settings.weights))
+        rep.info(f"autoencoder: loaded from {settings.weights}")
+        return {"loaded_from": settings.weights}
+    model.stage = "autoencoder"
+    crop = min(settings.crop, *model.config.grid)
+    train_set = CropDataset(data, "train", crop=crop, seed=settings.seed)
+    val_set = _val(data, lambda split: CropDataset(data, split, crop=crop, seed=1, repeats=1))
+    rep.info(f"autoencoder: {settings.steps} steps on {crop}^3 crops")
+    return fit(
+        model, train_set, val_set, _train_config(settings), out, resume=resume,
+        progress=not rep.quiet, stage="autoencoder", load_ema_at_end=True,
+        metadata={"config": model.config.model_dump(mode="json")},
+    )  # fmt: skip
+
+
+def _val(data: Path, make: Any) -> Any:
+    """The validation dataset, or None when the split is empty."""
+    from synthbrain.io.dataset import split_ids
+
+    return make("val") if split_ids(data, "val") else None
+
+
+def _train_config(settings: StageSettings) -> TrainConfig:
+    """The TrainConfig fields of a stage's settings."""
+    fields = TrainConfig.model_fields.keys()
+    return TrainConfig(**{k: getattr(settings, k) for k in fields})
+
+
+def load_autoencoder(model: PairedModel, path: Path) -> None:
+    """Copy the autoencoder weights (keys `ae.*`) of a paired weights file into `model`."""
+    from synthbrain.weights import load_state, resolve
+
+    state = load_state(resolve(str(path)))
+    ae = {k[3:]: v.float() for k, v in state.items() if k.startswith("ae.")}
+    if not ae:
+        raise InputError("no autoencoder weights (ae.*) in the file", path)
+    try:
+        model.ae.load_state_dict(ae)
+    except RuntimeError as err:
+        problem = f"autoencoder weights do not fit the [model] settings: {err}"
+        raise InputError(problem, path) from None
+
+
+def _latents(
+    model: PairedModel, data: Path, cfg: PairedTrainConfig, out: Path, resume: bool, rep: Reporter
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """Encode every stage-2 example once (cached in out/latents.pt when resuming)."""
+    from synthbrain.engines.paired_latents import compute_latents, load_latents, save_latents
+    from synthbrain.train import is_main_process
+
+    cache = out / "latents.pt"
+    if resume and cache.exists():
+        z, x, counts, norm = load_latents(cache)
+        model.set_latent_norm(*norm)
+        rep.info(f"latents: reused {cache} ({z.shape[0]} examples)")
+        return z, x, counts
+    device = resolve_device(cfg.diffusion.device)
+    with rep.task("encoding examples", total=None) as advance:
+        z, x, counts = compute_latents(model, data, cfg.data, cfg.diffusion.seed, device, advance)
+    if is_main_process():
+        save_latents(cache, z, x, counts, (model.config.latent_shift, model.config.latent_scale))
+    return z, x, counts
+
+
+def _stage_diffusion(
+    model: PairedModel,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    cfg: PairedTrainConfig,
+    out: Path,
+    resume: bool,
+    rep: Reporter,
+) -> dict[str, Any]:
+    """Fit both sub-models on the latents (the autoencoder frozen)."""
+    from synthbrain.engines.paired_data import LatentDataset
+    from synthbrain.train import fit
+
+    model.stage = "diffusion"
+    n_val = max(1, min(16, z.shape[0] // 20)) if z.shape[0] > 4 else 0
+    train_set = LatentDataset(z[n_val:], x[n_val:]) if n_val else LatentDataset(z, x)
+    val_set = LatentDataset(z[:n_val], x[:n_val]) if n_val else None
+    settings = cfg.diffusion.model_copy(update={"num_workers": 0})  # the data is in memory
+    rep.info(f"diffusion: {settings.steps} steps on {len(train_set)} latent examples")
+    return fit(
+        model, train_set, val_set, _train_config(settings), out, resume=resume,
+        progress=not rep.quiet, stage="diffusion", load_ema_at_end=True,
+        metadata={"config": model.config.model_dump(mode="json")},
+    )  # fmt: skip
+
+
+def export_bundle(model: PairedModel, path: Path, training: dict[str, Any]) -> Path:
+    """The weights file: autoencoder + both sub-models in fp16, config in the metadata."""
+    from synthbrain.weights import save_state
+
+    meta = {
+        "engine": "paired",
+        "config": model.config.model_dump(mode="json"),
+        "training": {k: _brief(v) if "step" in v else v for k, v in training.items()},
+    }
+    return save_state(model.state_dict(), path, dtype=torch.float16, metadata=meta)
+
+
+def _sha(path: Path) -> str:
+    """sha256 of a file."""
+    from synthbrain.io.outputs import sha256_file
+
+    return sha256_file(path)
+
+
+def weights_entry(
+    model: PairedModel,
+    weights: Path,
+    data: Path,
+    config_file: Path | None,
+    counts: dict[str, int],
+    cfg: PairedTrainConfig,
+) -> str:
+    """A [[weights]] table for weights.toml (or a user registry) describing the file."""
+    c = model.config
+    name = weights.stem
+    params = sum(p.numel() for p in model.parameters())
+    command = f"synthbrain train --engine paired --data {data} --out {weights.parent}"
+    if config_file is not None:
+        command += f" --config {config_file}"
+    examples = ", ".join(f"{v} {k}" for k, v in counts.items())
+    lines = [
+        "[[weights]]",
+        f'name = "{name}"',
+        'engine = "paired"',
+        f'lesion = "{c.lesion}"',
+        f"contrasts = {_toml_list(c.contrasts)}",
+        "spatial_dims = 3",
+        f"spacing = [{c.spacing}, {c.spacing}, {c.spacing}]",
+        f"grid = [{', '.join(str(g) for g in c.grid)}]",
+        f'file = "{weights.name}"',
+        f'sha256 = "{_sha(weights)}"',
+        f"params = {params}",
+        f'training_data = "{data.name}: {examples}; diffusion {cfg.diffusion.steps} steps"',
+        f'command = "{command}"',
+        f'licence = "{WEIGHTS_LICENCE}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_list(values: list[str]) -> str:
+    """A TOML list of strings."""
+    return "[" + ", ".join(f'"{v}"' for v in values) + "]"
