@@ -25,7 +25,7 @@ class NetSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_channels: int = Field(default=16, ge=4)
-    channel_mults: tuple[int, ...] = (1, 2, 4, 4)
+    channel_mults: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = Field(default=1, ge=1)
     attention_levels: tuple[int, ...] = (-1,)
     groups: int = Field(default=8, ge=1)

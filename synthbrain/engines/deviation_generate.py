@@ -1,0 +1,153 @@
+"""`synthbrain generate --engine deviation`: triplets (image, mask, healthy) in a run folder.
+
+Sample k: pair p = k // variants (an anatomy and a mask, drawn from derive_seed(seed, p)) and
+variant k % variants of the lesion (noise from derive_seed(seed, k)). The triplet's healthy image
+is the anatomy itself; the pathological image equals it outside the mask, voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from synthbrain.engines.deviation_run import Bundle, edit_subject, load_bundle
+from synthbrain.engines.deviation_sources import Pair, Sources
+from synthbrain.errors import InputError
+from synthbrain.progress import Reporter
+
+
+def _shard(shard: Any) -> tuple[int, int]:
+    """(index, count) from 'i/N', a tuple, or the Slurm array environment; (0, 1) otherwise."""
+    import os
+
+    from synthbrain.rng import parse_shard, shard_from_env
+
+    if shard is None:
+        return tuple(shard_from_env(os.environ) or (0, 1))  # type: ignore[return-value]
+    if isinstance(shard, str):
+        return tuple(parse_shard(shard))  # type: ignore[return-value]
+    return int(shard[0]), int(shard[1])
+
+
+def run_config(bundle: Bundle, sources: Sources, options: dict[str, Any]) -> dict[str, Any]:
+    """What defines the run (saved as config.json; a resumed run must match it)."""
+    cfg = bundle.model.config
+    return {
+        "command": "generate", "engine": "deviation", "lesion": options["lesion"],
+        "weights": bundle.name, "weights_sha256": bundle.sha256, "seed": options["seed"],
+        "severity": options["severity"], "variants": options["variants"],
+        "steps": options["steps"] or cfg.sampling.steps,
+        "sampler": options["sampler"] or cfg.sampling.sampler, "eta": options["eta"],
+        "anatomy": str(options["anatomy"]) if options["anatomy"] else "phantom",
+        "masks": str(options["masks"]) if options["masks"] else "phantom",
+        "contrasts": list(sources.written_contrasts), "layout": options["layout"],
+        "n": options["n"],
+    }  # fmt: skip
+
+
+def sample_volumes(pair: Pair, result: dict, contrasts: tuple[str, ...]) -> dict:
+    """RunWriter volume keys of one triplet: image(s), mask, healthy(s)."""
+    import numpy as np
+
+    from synthbrain.io.nifti import Volume
+
+    vols, several = {}, len(contrasts) > 1
+    for name in contrasts:
+        src = pair.subject.volumes[name]
+        key = f"_{name}" if several else ""
+        vols[f"image{key}"] = Volume(result[name], src.affine, src.header)
+        vols[f"healthy{key}"] = Volume(np.asarray(src.data, np.float32), src.affine, src.header)
+    ref = pair.subject.reference
+    vols["mask"] = Volume(pair.subject.mask.astype(np.uint8), ref.affine, ref.header)
+    return vols
+
+
+def _preview(writer: Any, sample_id: str, vols: dict, contrast: str, several: bool) -> None:
+    """A tri-planar PNG of the first contrast with the mask overlaid."""
+    from synthbrain.io.preview import save_preview
+
+    folder = Path(writer.out_dir) / "previews"
+    folder.mkdir(parents=True, exist_ok=True)
+    image = vols[f"image_{contrast}" if several else "image"]
+    save_preview(folder / f"{sample_id}.png", image.data, vols["mask"].data,
+                 affine=image.affine, title=f"{sample_id} {contrast}")  # fmt: skip
+
+
+def _options(options: dict[str, Any]) -> dict[str, Any]:
+    """generate's options with defaults, checked."""
+    merged = {"lesion": "tumor", "weights": None, "steps": None, "sampler": None, "eta": None,
+              "anatomy": None, "masks": None, "layout": "flat", "preview": False, "shard": None,
+              "seed": 0, "device": "auto", "overwrite": False, "resume": False,
+              "severity": 1.0, "variants": 1, "n": 1}  # fmt: skip
+    merged.update({k: v for k, v in options.items() if v is not None})
+    if not 0.0 <= float(merged["severity"]) <= 2.0:
+        raise InputError(f"severity must lie in [0, 2], got {merged['severity']}")
+    if int(merged["variants"]) < 1 or int(merged["n"]) < 1:
+        raise InputError("--n and variants must be at least 1")
+    return merged
+
+
+def generate(*, out: Path, reporter: Reporter | None = None, **options: Any) -> dict[str, Any]:
+    """Write n triplets with the deviation engine (see the module docstring).
+
+    Options (as the CLI names them): n, lesion, weights, batch_size (each sample is already one
+    batch of its lesion's slices; accepted and unused), steps, sampler, anatomy (folder of
+    healthy scans or BraTS-style subject folders; default phantom anatomy), masks (folder of
+    lesion masks or label maps, placed by world coordinates; default the phantom's lesion
+    shapes), layout, preview, shard, seed, device, overwrite, resume; and severity, variants
+    (lesions per anatomy and mask), eta.
+    """
+    from synthbrain.io.outputs import RunWriter, lesion_volume_ml
+    from synthbrain.rng import derive_seed, shard_indices
+
+    started = time.perf_counter()
+    reporter = reporter or Reporter(quiet=True)
+    opt = _options(options)
+    shard = _shard(opt["shard"])
+    bundle = load_bundle(opt["weights"], lesion=opt["lesion"], device=opt["device"])
+    cfg = bundle.model.config
+    sources = Sources(contrasts=cfg.contrasts, lesion=opt["lesion"], spacing=cfg.spacing,
+                      anatomy=opt["anatomy"], masks=opt["masks"], labels=cfg.labels)  # fmt: skip
+    contrasts = sources.written_contrasts
+    writer = RunWriter(
+        out, layout=opt["layout"], config=run_config(bundle, sources, opt),
+        overwrite=opt["overwrite"], resume=opt["resume"], dataset_name="synthbrain-deviation",
+        channel_names=contrasts, labels={"background": 0, "lesion": 1},
+        shard=shard if shard[1] > 1 else None,
+    )  # fmt: skip
+    indices = shard_indices(int(opt["n"]), shard)
+    done = writer.finished_ids() if opt["resume"] else set()
+    todo = [k for k in indices if f"synth_{k:05d}" not in done]
+    variants, written = int(opt["variants"]), []
+    with reporter.task(f"generate {opt['lesion']}", total=len(todo)) as advance:
+        for k in todo:
+            t0, sample_id = time.perf_counter(), f"synth_{k:05d}"
+            p, seed_k = k // variants, derive_seed(opt["seed"], k)
+            pair = sources.pair(p, derive_seed(opt["seed"], p))
+            results, facts = edit_subject(
+                bundle.model, pair.subject, severity=float(opt["severity"]), seed=seed_k,
+                steps=opt["steps"], sampler=opt["sampler"], eta=opt["eta"],
+            )  # fmt: skip
+            vols = sample_volumes(pair, results[0], contrasts)
+            ml = lesion_volume_ml(pair.subject.mask, pair.subject.reference.affine)
+            record = {
+                "seed": seed_k, "engine": "deviation", "weights": bundle.name,
+                "weights_sha256": bundle.sha256, "lesion": opt["lesion"],
+                "severity": float(opt["severity"]), "variant": k % variants, "pair": p,
+                "anatomy": pair.anatomy, "mask_source": pair.mask, "lesion_ml": round(ml, 3),
+                "contrasts": list(contrasts), "box": facts["box"],
+                "seconds": round(time.perf_counter() - t0, 3),
+            }  # fmt: skip
+            writer.write_sample(sample_id, vols, record=record, index=k)
+            if opt["preview"]:
+                _preview(writer, sample_id, vols, contrasts[0], len(contrasts) > 1)
+            written.append(sample_id)
+            advance(1)
+    writer.close()
+    return {
+        "engine": "deviation", "out": str(out), "written": len(written),
+        "skipped_finished": len(indices) - len(todo), "shard": f"{shard[0]}/{shard[1]}",
+        "weights": bundle.name, "weights_sha256": bundle.sha256, "seed": opt["seed"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }  # fmt: skip
