@@ -3,13 +3,16 @@
 Each subject voxel x (world mm on the model grid) samples the template at
 `phi(x) = V(A(x + u(x)))`, where u is the scaling-and-squaring integral of a smooth random
 velocity field (a diffeomorphism), A a small rotation/scale/translation about the brain centre
-and V a radial warp that enlarges the ventricles. T1, GM, WM, brain mask and the helper maps
-are sampled together in one `grid_sample` call. Atrophy then moves GM probability into CSF
-where the template has CSF nearby (sulcal widening), and darkens T1 to match.
+and V a radial warp that enlarges the ventricles. phi is evaluated on a ~4 mm lattice and
+interpolated; T1, GM, WM, brain mask and the helper maps are sampled together in one
+`grid_sample` call, only at voxels that can land in the brain. Atrophy then moves GM
+probability into CSF where the template has CSF nearby (sulcal widening), and darkens T1 to
+match.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,9 +20,11 @@ import torch
 from scipy import ndimage
 
 from synthbrain.phantom import fields
-from synthbrain.phantom.template import TemplateAnatomy
+from synthbrain.phantom.template import TemplateAnatomy, template
 
 VELOCITY_NODE_MM = 24.0
+PHI_NODE_MM = 4.0
+ACTIVE_MARGIN_MM = 8.0
 ATROPHY_NODE_MM = 32.0
 _SQUARINGS = 6
 
@@ -68,10 +73,13 @@ class WarpedAnatomy:
         t1: T1 intensities in template units (0 outside the brain).
         gm, wm, csf: tissue probabilities summing to 1 inside the brain, 0 outside.
         brain: boolean brain mask.
-        template_mm: (3, X, Y, Z) template-space world mm that each voxel samples: lesion
-            shapes are defined there, so they follow the subject's anatomy.
         ventricle_distance: distance to the (enlarged) ventricles in template mm.
         t1_means: T1 tissue means (template units) used to paint lesions and atrophy.
+        affine: the grid's affine.
+        phi: (3, ...) template mm sampled by the nodes of a ~4 mm lattice over the grid;
+            `template_points` interpolates it, so lesion shapes defined in template space
+            follow the subject's anatomy.
+        phi_affine: the lattice's affine.
     """
 
     t1: np.ndarray
@@ -79,9 +87,31 @@ class WarpedAnatomy:
     wm: np.ndarray
     csf: np.ndarray
     brain: np.ndarray
-    template_mm: np.ndarray
     ventricle_distance: np.ndarray
     t1_means: dict[str, float]
+    affine: np.ndarray
+    phi: np.ndarray
+    phi_affine: np.ndarray
+
+    def template_points(self, flat_index: np.ndarray) -> np.ndarray:
+        """Template world mm (3, N) that grid voxels (flat indices) sample."""
+        return fields.sample(
+            self.phi,
+            voxel_world(flat_index, self.brain.shape, self.affine),
+            self.phi_affine,
+            padding="border",
+        )
+
+
+def voxel_world(flat_index: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:
+    """World mm (3, N) float32 of grid voxels given by flat indices (axis-aligned grid)."""
+    idx = np.unravel_index(flat_index, shape)
+    return np.stack(
+        [
+            np.float32(affine[a, 3]) + np.float32(affine[a, a]) * idx[a].astype(np.float32)
+            for a in range(3)
+        ]
+    )
 
 
 def draw_anatomy(generator: torch.Generator) -> AnatomyParams:
@@ -138,59 +168,68 @@ def radial_warp(points: np.ndarray, centre, amplitude: float, sigma_mm) -> np.nd
     return c + rel * (1.0 - np.float32(amplitude) * g)
 
 
-def template_coordinates(tpl: TemplateAnatomy, p: AnatomyParams) -> np.ndarray:
-    """phi(x): template world mm sampled by each grid voxel, float32 (3, X, Y, Z)."""
-    shape, spacing = tpl.shape, tpl.spacing
-    coarse = fields.coarse_noise(p.velocity_seed, VELOCITY_NODE_MM, channels=3)
-    velocity = coarse * np.float32(p.velocity_std_mm / VELOCITY_NODE_MM)
-    disp = fields.upsample(integrate_velocity(velocity), VELOCITY_NODE_MM, shape, spacing)
-    disp *= np.float32(VELOCITY_NODE_MM)
-    axes = [a.astype(np.float32) for a in _world_axes(tpl)]
-    pts = disp
-    for a in range(3):
-        pts[a] += axes[a].reshape([-1 if i == a else 1 for i in range(3)])
+def phi_lattice(tpl: TemplateAnatomy, p: AnatomyParams) -> tuple[np.ndarray, np.ndarray]:
+    """phi at the nodes of a ~4 mm lattice over the grid: (3, ...) template mm, and its affine.
+
+    phi is smooth, so trilinear interpolation from this lattice is accurate to well under a
+    voxel and saves evaluating the warp at every voxel.
+    """
+    lattice = tuple(int(round((n - 1) * tpl.spacing / PHI_NODE_MM)) + 1 for n in tpl.shape)
+    phi_affine = fields.lattice_affine(lattice, tpl.shape, tpl.affine)
+    axes = [
+        (phi_affine[a, 3] + phi_affine[a, a] * np.arange(lattice[a])).astype(np.float32)
+        for a in range(3)
+    ]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"))
+    pts += _velocity_displacement(tpl, p, pts)
     centre = np.asarray(tpl.ventricle_center, dtype=np.float32)
     matrix = (_rotation(p.rotation_deg) @ np.diag(p.scale)).astype(np.float32)
     rel = (pts - centre[:, None, None, None]).reshape(3, -1)
     offset = centre + np.asarray(p.translation_mm, dtype=np.float32)
-    pts = (matrix @ rel + offset[:, None]).reshape(3, *shape)
-    return radial_warp(pts, centre, p.ventricle_enlargement, p.ventricle_sigma_mm)
+    pts = (matrix @ rel + offset[:, None]).reshape(3, *lattice)
+    return radial_warp(pts, centre, p.ventricle_enlargement, p.ventricle_sigma_mm), phi_affine
 
 
-def _world_axes(tpl: TemplateAnatomy) -> list[np.ndarray]:
-    """World mm of the grid's voxel centres along x, y, z."""
-    return [tpl.affine[a, 3] + tpl.affine[a, a] * np.arange(tpl.shape[a]) for a in range(3)]
+def _velocity_displacement(tpl: TemplateAnatomy, p: AnatomyParams, pts: np.ndarray):
+    """The diffeomorphic displacement (mm) at world points, from the integrated velocity."""
+    coarse = fields.coarse_noise(p.velocity_seed, VELOCITY_NODE_MM, channels=3)
+    node_affine = fields.lattice_affine(coarse.shape[1:], tpl.shape, tpl.affine)
+    step = np.diag(node_affine)[:3].astype(np.float32).reshape(3, 1, 1, 1)
+    disp = integrate_velocity(coarse * np.float32(p.velocity_std_mm) / step)
+    return fields.sample(disp, pts, node_affine, padding="border") * step
+
+
+@functools.lru_cache(maxsize=2)
+def _reachable(spacing: float) -> np.ndarray:
+    """The template brain mask dilated by ACTIVE_MARGIN_MM, as float32 (1, X, Y, Z)."""
+    tpl = template(spacing)
+    radius = int(np.ceil(ACTIVE_MARGIN_MM / spacing))
+    dilated = ndimage.binary_dilation(tpl.brain_mask > 0, iterations=radius)
+    return dilated.astype(np.float32)[None]
+
+
+def _active_voxels(tpl: TemplateAnatomy, phi: np.ndarray) -> np.ndarray:
+    """Flat indices of grid voxels that may land in the brain (a superset, never fewer)."""
+    node_in = fields.sample(_reachable(tpl.spacing), phi, tpl.affine)[0] > 0
+    near = fields.upsample(node_in.astype(np.float32)[None], tpl.shape)[0] > 0
+    return np.flatnonzero(near)
 
 
 def sample_maps(maps: np.ndarray, template_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Trilinear samples of stacked maps (C, X, Y, Z) at world mm points (3, ...): (C, ...)."""
-    shape = maps.shape[1:]
-    origin, step = affine[:3, 3], np.diag(affine)[:3]
-    # grid_sample wants (z, y, x)-ordered coordinates in [-1, 1] over the (D, H, W) = (X, Y, Z)
-    # array, i.e. last coordinate = first array axis.
-    norm = [
-        (template_mm[a] - np.float32(origin[a])) * np.float32(2.0 / (step[a] * (shape[a] - 1)))
-        - np.float32(1.0)
-        for a in range(3)
-    ]
-    grid = torch.from_numpy(np.stack(norm[::-1], axis=-1)).reshape(1, 1, 1, -1, 3)
-    out = torch.nn.functional.grid_sample(
-        torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None],
-        grid,
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=True,
-    )
-    return out.reshape(maps.shape[0], *template_mm.shape[1:]).numpy()
+    return fields.sample(maps, template_mm, affine)
 
 
 def warp_anatomy(tpl: TemplateAnatomy, p: AnatomyParams) -> WarpedAnatomy:
     """Apply AnatomyParams to the template (deterministic): the subject's healthy anatomy."""
-    phi = template_coordinates(tpl, p)
-    stack = np.stack(
-        [tpl.t1, tpl.gm, tpl.wm, tpl.brain_mask, tpl.csf_smooth, tpl.ventricle_distance]
-    )
-    t1, gm, wm, mask, csf_smooth, vdist = sample_maps(stack, phi, tpl.affine)
+    phi, phi_affine = phi_lattice(tpl, p)
+    active = _active_voxels(tpl, phi)
+    world = voxel_world(active, tpl.shape, tpl.affine)
+    template_mm = fields.sample(phi, world, phi_affine, padding="border")
+    stack = _template_stack(tpl)
+    maps = np.zeros((stack.shape[0], int(np.prod(tpl.shape))), dtype=np.float32)
+    maps[:, active] = fields.sample(stack, template_mm, tpl.affine)
+    t1, gm, wm, mask, csf_smooth, vdist = maps.reshape(stack.shape)
     brain = mask > 0.5
     gm = np.clip(gm, 0.0, 1.0) * brain
     wm = np.clip(wm, 0.0, 1.0) * brain
@@ -208,10 +247,26 @@ def warp_anatomy(tpl: TemplateAnatomy, p: AnatomyParams) -> WarpedAnatomy:
         wm=wm,
         csf=csf,
         brain=brain,
-        template_mm=phi,
         ventricle_distance=vdist,
         t1_means=dict(tpl.t1_means),
+        affine=tpl.affine.copy(),
+        phi=phi,
+        phi_affine=phi_affine,
     )
+
+
+@functools.lru_cache(maxsize=2)
+def _stacked(spacing: float) -> np.ndarray:
+    """The template maps warped together, stacked once per spacing."""
+    tpl = template(spacing)
+    return np.stack(
+        [tpl.t1, tpl.gm, tpl.wm, tpl.brain_mask, tpl.csf_smooth, tpl.ventricle_distance]
+    )
+
+
+def _template_stack(tpl: TemplateAnatomy) -> np.ndarray:
+    """T1, GM, WM, brain mask, smoothed CSF and ventricle distance as (6, X, Y, Z)."""
+    return _stacked(tpl.spacing)
 
 
 def _normalise_tissues(gm, wm, csf, brain):
@@ -229,7 +284,7 @@ def _atrophy(p: AnatomyParams, gm, csf_smooth, tpl: TemplateAnatomy) -> np.ndarr
     """GM probability lost to CSF: strongest next to sulcal CSF, varying smoothly in space."""
     if p.atrophy <= 0:
         return np.zeros_like(gm)
-    vary = fields.smooth_field(p.atrophy_seed, ATROPHY_NODE_MM, tpl.shape, tpl.spacing)
+    vary = fields.smooth_field(p.atrophy_seed, ATROPHY_NODE_MM, tpl.shape)
     local = np.clip(1.0 + 0.5 * vary, 0.0, 2.0)
     near_csf = np.clip(2.0 * csf_smooth, 0.0, 1.0)
     return np.clip(np.float32(p.atrophy) * local * near_csf, 0.0, 1.0) * gm

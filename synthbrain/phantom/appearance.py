@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from synthbrain.phantom import fields
-from synthbrain.phantom.anatomy import radial_warp, sample_maps
+from synthbrain.phantom.anatomy import WarpedAnatomy, radial_warp, sample_maps
 from synthbrain.phantom.contrasts import TISSUES
 from synthbrain.phantom.lesion_shapes import LesionGeometry, expand
 from synthbrain.phantom.lesions import APPEARANCE, COMPARTMENTS, LesionParams
@@ -49,17 +49,12 @@ class LesionLayer:
 
 
 def lesion_layer(
-    geo: LesionGeometry,
-    lp: LesionParams,
-    template_mm: np.ndarray,
-    brain: np.ndarray,
-    affine: np.ndarray,
-    spacing: float,
-    margin: int,
+    geo: LesionGeometry, lp: LesionParams, anat: WarpedAnatomy, spacing: float, margin: int
 ) -> LesionLayer | None:
     """Build the lesion's maps on its box grown by `margin` (and by the mass-effect reach)."""
     if geo.region is None:
         return None
+    brain, affine = anat.brain, anat.affine
     box = expand(geo.region, margin, geo.labels.shape)
     displaced = None
     if lp.mass_effect > 0:
@@ -80,7 +75,7 @@ def lesion_layer(
         box=box,
         compartments=geo.compartments[box],
         weight=weight,
-        texture=_texture(lp, lesion, template_mm[(slice(None), *box)], affine),
+        texture=_texture(lp, lesion, box, anat),
         changed=changed,
         displaced_mm=displaced,
     )
@@ -109,12 +104,17 @@ def _mass_centre(geo: LesionGeometry, lp: LesionParams, affine: np.ndarray):
     return centre, 1.2 * float((3.0 * lp.total_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0))
 
 
-def _texture(lp: LesionParams, lesion: np.ndarray, template_mm: np.ndarray, affine) -> np.ndarray:
+def _texture(lp: LesionParams, lesion: np.ndarray, box, anat: WarpedAnatomy) -> np.ndarray:
     """1 + amp * smooth noise at the lesion voxels' template positions, 1 elsewhere."""
     out = np.ones(lesion.shape, dtype=np.float32)
-    pts = template_mm[:, lesion] - affine[:3, 3].astype(np.float32)[:, None]
+    local = np.nonzero(lesion)
+    flat = np.ravel_multi_index(
+        tuple(i + s.start for i, s in zip(local, box, strict=True)), anat.brain.shape
+    )
+    pts = anat.template_points(flat)
     coarse = fields.coarse_noise(lp.texture_seed, TEXTURE_NODE_MM)
-    out[lesion] = 1.0 + np.float32(lp.texture_amp) * fields.field_at(coarse, TEXTURE_NODE_MM, pts)
+    value = fields.field_at(coarse, pts, anat.affine, anat.brain.shape)
+    out[local] = 1.0 + np.float32(lp.texture_amp) * value
     return out
 
 

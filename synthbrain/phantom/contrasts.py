@@ -121,7 +121,7 @@ def prepare_acquisition(
 ) -> Acquisition:
     """Bias field and Rician noise fields for one contrast (noise only inside the brain)."""
     shape = brain.shape
-    bias = fields.smooth_field(cp.bias_seed, BIAS_NODE_MM, shape, spacing)
+    bias = fields.smooth_field(cp.bias_seed, BIAS_NODE_MM, shape)
     bias = np.exp(np.float32(cp.bias_std) * bias, dtype=np.float32)
     rng = np.random.default_rng(cp.noise_seed)
     n = int(brain.sum())

@@ -2,8 +2,9 @@
 
 A field is white noise on a coarse lattice of nodes `node_mm` apart (seeded by an integer, so
 it replays from SubjectParams), smoothed over one node and scaled to unit standard deviation,
-then interpolated linearly wherever it is needed. Because the lattice is anchored at the model
-grid's origin in millimetres, the same seed gives the same field at 1 mm and at 2 mm.
+then interpolated linearly wherever it is needed. The lattice is stretched corner to corner over
+the model grid, whose origin and extent agree at 1 mm and 2 mm (to 1 mm), so one seed gives the
+same field at both spacings.
 """
 
 from __future__ import annotations
@@ -44,44 +45,72 @@ def draw_unit_vector(generator: torch.Generator) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
+def lattice_shape(node_mm: float) -> tuple[int, int, int]:
+    """Nodes per axis of a lattice about `node_mm` apart spanning the field of view."""
+    return tuple(int(round(f / node_mm)) + 1 for f in FIELD_OF_VIEW_MM)  # type: ignore[return-value]
+
+
 def coarse_noise(seed: int, node_mm: float, channels: int = 1) -> np.ndarray:
     """Unit-variance smooth noise on the coarse lattice: float32 (channels, nx, ny, nz)."""
-    shape = tuple(int(np.ceil(f / node_mm)) + 2 for f in FIELD_OF_VIEW_MM)
     rng = np.random.default_rng(int(seed))
-    noise = rng.standard_normal((channels, *shape), dtype=np.float32)
+    noise = rng.standard_normal((channels, *lattice_shape(node_mm)), dtype=np.float32)
     for c in range(channels):
-        noise[c] = ndimage.gaussian_filter(noise[c], 1.0, mode="wrap")
+        noise[c] = ndimage.gaussian_filter(noise[c], 1.0, mode="nearest")
     noise /= max(float(noise.std()), 1e-6)
     return noise
 
 
-def _axis_weights(n: int, spacing: float, node_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Lower node index and linear weight of each grid position along one axis."""
-    pos = np.arange(n, dtype=np.float64) * spacing / node_mm
-    lower = np.floor(pos).astype(np.intp)
-    return lower, (pos - lower).astype(np.float32)
+def upsample(coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A lattice (C, ...) whose corner nodes sit on the grid's corner voxels -> (C, *shape)."""
+    out = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(coarse, dtype=np.float32))[None],
+        size=tuple(int(n) for n in shape),
+        mode="trilinear",
+        align_corners=True,
+    )
+    return out[0].numpy()
 
 
-def upsample(coarse: np.ndarray, node_mm: float, shape: tuple[int, ...], spacing: float):
-    """Coarse lattice (C, ...) -> float32 (C, *shape) on the grid, by separable linear steps."""
-    out = coarse
-    for axis in range(3):
-        lower, w = _axis_weights(shape[axis], spacing, node_mm)
-        bshape = [1] * 4
-        bshape[axis + 1] = -1
-        w = w.reshape(bshape)
-        a = np.take(out, lower, axis=axis + 1)
-        b = np.take(out, lower + 1, axis=axis + 1)
-        out = a + w * (b - a)
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def smooth_field(seed: int, node_mm: float, shape: tuple[int, ...], spacing: float) -> np.ndarray:
+def smooth_field(seed: int, node_mm: float, shape: tuple[int, ...]) -> np.ndarray:
     """A unit-variance smooth random field on the grid: float32 `shape`."""
-    return upsample(coarse_noise(seed, node_mm), node_mm, shape, spacing)[0]
+    return upsample(coarse_noise(seed, node_mm), shape)[0]
 
 
-def field_at(coarse: np.ndarray, node_mm: float, points_mm: np.ndarray) -> np.ndarray:
-    """Sample channel 0 of a coarse lattice at points (3, N) given in mm from the grid origin."""
-    coords = np.asarray(points_mm, dtype=np.float32) / np.float32(node_mm)
-    return ndimage.map_coordinates(coarse[0], coords, order=1, mode="nearest").astype(np.float32)
+def lattice_affine(lattice: tuple[int, ...], shape: tuple[int, ...], affine: np.ndarray):
+    """The affine of a lattice stretched corner to corner over the grid of `affine`."""
+    out = np.array(affine, dtype=np.float64, copy=True)
+    for a in range(3):
+        out[a, a] = affine[a, a] * (shape[a] - 1) / (lattice[a] - 1)
+    return out
+
+
+def sample(
+    maps: np.ndarray, points_mm: np.ndarray, affine: np.ndarray, padding: str = "zeros"
+) -> np.ndarray:
+    """Trilinear samples of maps (C, X, Y, Z) on an axis-aligned grid at world mm (3, ...).
+
+    Returns (C, ...); points outside the maps read 0 (padding "zeros") or the edge ("border").
+    """
+    shape = maps.shape[1:]
+    origin, step = affine[:3, 3], np.diag(affine)[:3]
+    # grid_sample wants coordinates in [-1, 1], last one indexing the first array axis.
+    norm = [
+        (points_mm[a] - np.float32(origin[a])) * np.float32(2.0 / (step[a] * (shape[a] - 1)))
+        - np.float32(1.0)
+        for a in range(3)
+    ]
+    grid = torch.from_numpy(np.stack(norm[::-1], axis=-1)).reshape(1, 1, 1, -1, 3)
+    out = torch.nn.functional.grid_sample(
+        torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None],
+        grid,
+        mode="bilinear",
+        padding_mode=padding,
+        align_corners=True,
+    )
+    return out.reshape(maps.shape[0], *points_mm.shape[1:]).numpy()
+
+
+def field_at(coarse: np.ndarray, points_mm: np.ndarray, grid_affine, shape) -> np.ndarray:
+    """Channel 0 of a coarse lattice (stretched over the grid) at world mm points (3, N)."""
+    affine = lattice_affine(coarse.shape[1:], shape, grid_affine)
+    return sample(coarse[:1], points_mm, affine, padding="border")[0]

@@ -3,8 +3,8 @@
 Each component scores every candidate voxel (distance-like shape term in template mm plus a
 smooth roughness field) and takes the best-scoring voxels until its target volume is met, so
 volumes are exact to the voxel and the boundary is irregular. Candidates are brain voxels of the
-right tissue (parenchyma for strokes and tumours, WM > 0.5 for WMH), so every lesion voxel lies
-inside the brain mask.
+right tissue (parenchyma for strokes, WM > 0.5 for WMH, anything but the ventricles for
+tumours), so every lesion voxel lies inside the brain mask.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from synthbrain.phantom.lesions import LesionParams
 # Edge roughness mixes a fine and a coarse smooth field (node spacing mm, weight).
 ROUGHNESS_SCALES = ((6.0, 0.6), (14.0, 0.8))
 PERIVENTRICULAR_SCALE_MM = 10.0
+TUMOUR_VENTRICLE_GAP_MM = 1.0
 
 
 @dataclass
@@ -53,17 +54,21 @@ def _candidates(anat: WarpedAnatomy, kind: str) -> np.ndarray:
     """Flat indices of the voxels a lesion of `kind` may occupy."""
     if kind == "wmh":
         allowed = anat.brain & (anat.wm > 0.5)
+    elif kind == "tumor":
+        # A glioma effaces the sulci it grows over but does not fill the ventricles.
+        allowed = anat.brain & (anat.ventricle_distance > TUMOUR_VENTRICLE_GAP_MM)
     else:
         allowed = anat.brain & ((anat.gm + anat.wm) >= 0.4)
     return np.flatnonzero(allowed)
 
 
-def _roughness(seed: int, pts: np.ndarray, amplitude: float) -> np.ndarray:
-    """A two-scale smooth field at points (mm from the grid origin), std about `amplitude`."""
+def _roughness(seed: int, pts: np.ndarray, amplitude: float, anat: WarpedAnatomy) -> np.ndarray:
+    """A two-scale smooth field at template points (3, N), std about `amplitude`."""
     out = np.zeros(pts.shape[1], dtype=np.float32)
     for k, (node, weight) in enumerate(ROUGHNESS_SCALES):
         coarse = fields.coarse_noise(seed + k, node)
-        out += np.float32(weight * amplitude) * fields.field_at(coarse, node, pts)
+        value = fields.field_at(coarse, pts, anat.affine, anat.brain.shape)
+        out += np.float32(weight * amplitude) * value
     return out
 
 
@@ -102,7 +107,7 @@ def _ellipsoid_distance(pts: np.ndarray, c: dict) -> np.ndarray:
     return np.sqrt((((pts - centre) / radii) ** 2).sum(axis=0))
 
 
-def lesion_geometry(anat: WarpedAnatomy, lp: LesionParams, affine: np.ndarray, spacing: float):
+def lesion_geometry(anat: WarpedAnatomy, lp: LesionParams, spacing: float) -> LesionGeometry:
     """Label and compartment maps of the subject's lesions (deterministic)."""
     shape = anat.brain.shape
     labels = np.zeros(shape, dtype=np.uint8)
@@ -110,12 +115,16 @@ def lesion_geometry(anat: WarpedAnatomy, lp: LesionParams, affine: np.ndarray, s
     if lp.kind == "none" or not lp.components:
         return LesionGeometry(labels, compartments, None)
     cand = _candidates(anat, lp.kind)
-    pts = anat.template_mm.reshape(3, -1)[:, cand]
-    origin = affine[:3, 3].astype(np.float32)[:, None]
-    rough = [_roughness(lp.roughness_seed + 7919 * i, pts - origin, lp.roughness) for i in range(2)]
+    pts = anat.template_points(cand)
+    fields_needed = 2 if lp.kind == "tumor" else 1
+    rough = [
+        _roughness(lp.roughness_seed + 7919 * i, pts, lp.roughness, anat)
+        for i in range(fields_needed)
+    ]
     counts = voxel_counts(lp, spacing**3 / 1000.0)
     if lp.kind == "tumor":
-        lab = _tumour_labels(pts, anat.wm.ravel()[cand], lp.components[0], counts[0], rough)
+        wm = anat.wm.ravel()[cand]
+        lab = _tumour_labels(pts, wm, cand, shape, lp.components[0], counts[0], rough)
     else:
         vdist = anat.ventricle_distance.ravel()[cand]
         lab = _union_labels(pts, vdist, lp.components, counts, rough[0])
@@ -147,25 +156,40 @@ def _union_labels(pts, vdist, components, counts, rough) -> np.ndarray:
     return lab
 
 
-def _tumour_labels(pts, wm, c: dict, n_total: int, rough) -> np.ndarray:
-    """BraTS labels: oedema (2) around a core whose centre is necrotic (1), shell enhancing (3)."""
+def _tumour_labels(pts, wm, cand, shape, c: dict, n_total: int, rough) -> np.ndarray:
+    """BraTS labels: oedema (2) around a core whose centre is necrotic (1), shell enhancing (3).
+
+    The core is taken from the interior of the whole tumour and the necrosis from the interior
+    of the core (when they are large enough), so oedema wraps the core and the enhancing shell
+    wraps the necrosis.
+    """
     d = _ellipsoid_distance(pts, c)
     n_core = int(np.clip(round(c["core_fraction"] * n_total), 2, n_total))
     n_nec = int(np.clip(round(c["necrosis_fraction"] * n_core), 1, n_core - 1))
     lab = np.zeros(pts.shape[1], dtype=np.uint8)
     # Oedema spreads preferentially along white matter.
-    whole = _top(
-        -d + np.float32(c["wm_preference"]) * wm + rough[0],
-        n_total,
-        np.zeros(pts.shape[1], dtype=bool),
-    )
+    oedema_score = -d + np.float32(c["wm_preference"]) * wm + rough[0]
+    whole = _top(oedema_score, n_total, np.zeros(pts.shape[1], dtype=bool))
     lab[whole] = 2
     core_score = -d + np.float32(0.5) * rough[1]
-    core = _top(core_score, n_core, lab != 2)
+    core = _top(core_score, n_core, ~_inner(lab == 2, whole, cand, shape, n_core))
     lab[core] = 3
-    necrosis = _top(core_score, n_nec, lab != 3)
+    necrosis = _top(core_score, n_nec, ~_inner(lab == 3, core, cand, shape, n_nec))
     lab[necrosis] = 1
     return lab
+
+
+def _inner(member: np.ndarray, chosen: np.ndarray, cand, shape, need: int) -> np.ndarray:
+    """Candidates in the interior of a chosen set (all six face neighbours in it), or the
+    whole set when its interior holds fewer than `need` voxels."""
+    idx = np.array(np.unravel_index(cand[chosen], shape))
+    lo = idx.min(axis=1)
+    local = tuple(idx - lo[:, None] + 1)
+    box = np.zeros(idx.max(axis=1) - lo + 3, dtype=bool)
+    box[local] = True
+    inner = np.zeros_like(member)
+    inner[chosen] = ndimage.binary_erosion(box)[local]
+    return inner if int(inner.sum()) >= need else member
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice] | None:

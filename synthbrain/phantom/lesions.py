@@ -239,7 +239,7 @@ def _draw_tumor(generator: torch.Generator, tpl: TemplateAnatomy, total: float) 
             "ml": total,
             "center_mm": _pick(generator, _tumour_sites(), tpl),
             "radii": [u(generator, 0.75, 1.3) for _ in range(3)],
-            "core_fraction": u(generator, 0.2, 0.6),
+            "core_fraction": u(generator, 0.15, 0.5),
             "necrosis_fraction": u(generator, 0.2, 0.6),
             "wm_preference": u(generator, 0.0, 0.6),
         }

@@ -224,16 +224,8 @@ def make_subject(params: SubjectParams) -> PhantomSubject:
     check_params(params)
     tpl = template(params.spacing)
     anat = warp_anatomy(tpl, params.anatomy)
-    geo = lesion_geometry(anat, params.lesion, tpl.affine, tpl.spacing)
-    layer = lesion_layer(
-        geo,
-        params.lesion,
-        anat.template_mm,
-        anat.brain,
-        tpl.affine,
-        tpl.spacing,
-        _margin(params),
-    )
+    geo = lesion_geometry(anat, params.lesion, tpl.spacing)
+    layer = lesion_layer(geo, params.lesion, anat, tpl.spacing, _margin(params))
     images, healthy, intensity = {}, {}, {}
     for name in params.contrasts:
         cp = params.acquisition[name]
