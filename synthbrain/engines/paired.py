@@ -144,6 +144,10 @@ class PairedModel(nn.Module):
         self.eps_x = UNet(3, cx + cz, cx, **unet)  # ε^x_θ(x_t, y_t, t)
         self.eps_y = UNet(3, cz + cx, cz, **unet)  # ε^y_θ(y_t, x̂0, t)
         self.schedule = config.schedule()
+        # Run the networks one sample at a time at inference, so a sample's numbers do not depend
+        # on the batch it was drawn in (batched CPU kernels round differently): shards and batch
+        # sizes then give byte-identical files. Costs nothing on the CPU; off by default on CUDA.
+        self.batch_invariant = False
         self._set_latent_norm(config.latent_shift, config.latent_scale)
 
     # ------------------------------------------------------------------ latent space
@@ -168,15 +172,23 @@ class PairedModel(nn.Module):
             self.latent_scale.to(t.dtype).reshape(shape),
         )
 
+    def _each(self, fn, *args: Tensor) -> Tensor:  # noqa: ANN001
+        """fn over the batch, one sample at a time when batch_invariant (see __init__)."""
+        if not self.batch_invariant or args[0].shape[0] == 1 or self.training:
+            return fn(*args)
+        parts = [fn(*(a[i : i + 1] for a in args)) for i in range(args[0].shape[0])]
+        return torch.cat(parts)
+
     def encode(self, image: Tensor) -> Tensor:
         """Normalised latent y0 of images [B, C, *grid] in [0, 1] (the posterior mean)."""
         shift, scale = self._norm_shape(image)
-        return (self.ae.encode(image).mode() - shift) * scale
+        mean = self._each(lambda x: self.ae.encode(x).mode(), image)
+        return (mean - shift) * scale
 
     def decode(self, z: Tensor) -> Tensor:
         """Images [B, C, *grid] from normalised latents."""
         shift, scale = self._norm_shape(z)
-        return self.ae.decode(z / scale + shift)
+        return self._each(self.ae.decode, z / scale + shift)
 
     def mask_to_x(self, mask: Tensor) -> Tensor:
         """Lesion state x0 in [-1, 1] [B, Cx, *latent] of binary masks [B, 1, *grid]."""
@@ -200,11 +212,11 @@ class PairedModel(nn.Module):
 
     def lesion_eps(self, x_t: Tensor, y_t: Tensor, t: Tensor) -> Tensor:
         """ε^x_θ(x_t, y_t, t): the lesion branch, conditioned on y_t (the paper's ŷ0 proxy)."""
-        return self.eps_x(torch.cat([x_t, y_t], dim=1), t)
+        return self._each(self.eps_x, torch.cat([x_t, y_t], dim=1), t)
 
     def brain_eps(self, y_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
         """ε^y_θ(y_t, x̂0, t): the brain branch, conditioned on the lesion estimate."""
-        return self.eps_y(torch.cat([y_t, x0], dim=1), t)
+        return self._each(self.eps_y, torch.cat([y_t, x0], dim=1), t)
 
     def x0_from(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """One-step estimate x̂0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t (Suppl. C.3)."""

@@ -82,6 +82,7 @@ def load_bundle(
     model.load_state_dict({k: v.float() for k, v in state.items()})
     dev = resolve_device(device)
     precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
+    model.batch_invariant = dev.type == "cpu"
     return Bundle(model.to(dev).eval(), name, path, sha, dev, precision)
 
 
