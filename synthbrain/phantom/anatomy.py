@@ -154,17 +154,24 @@ def _rotation(deg: list[float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def radial_warp(points: np.ndarray, centre, amplitude: float, sigma_mm) -> np.ndarray:
+def radial_warp(
+    points: np.ndarray, centre, amplitude: float, sigma_mm, reach: float | None = None
+) -> np.ndarray:
     """Sample positions c + (p - c)(1 - a g(p)), g a Gaussian bump: enlarges what is near c.
 
-    Invertible for a < 1 (the Jacobian's eigenvalues are 1 - a g and 1 - a g + a g r^2).
+    With `reach` (in sigmas) the bump is tapered by (1 - (r / reach)^2)^2 so it is exactly 0
+    beyond `reach`. Invertible for a < 1: along r the derivative is 1 - a (g + r g') >= 1 - a
+    and across it 1 - a g > 0.
     """
     if amplitude <= 0:
         return points
     c = np.asarray(centre, dtype=np.float32).reshape(3, *([1] * (points.ndim - 1)))
     s = np.asarray(sigma_mm, dtype=np.float32).reshape(c.shape)
     rel = points - c
-    g = np.exp(-0.5 * ((rel / s) ** 2).sum(axis=0))
+    r2 = ((rel / s) ** 2).sum(axis=0)
+    g = np.exp(-0.5 * r2)
+    if reach is not None:
+        g *= np.clip(1.0 - r2 / np.float32(reach**2), 0.0, None) ** 2
     return c + rel * (1.0 - np.float32(amplitude) * g)
 
 

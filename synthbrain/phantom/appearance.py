@@ -23,7 +23,7 @@ from synthbrain.phantom.lesions import APPEARANCE, COMPARTMENTS, LesionParams
 TEXTURE_NODE_MM = 6.0
 PARTIAL_VOLUME_MM = 1.0  # Gaussian sigma of the lesion's partial-volume edge
 COMPARTMENT_BLEND_MM = 1.5  # Gaussian sigma of the blend between compartments
-MASS_EFFECT_EXTENT = 3.5  # the push is negligible beyond this many sigmas
+MASS_EFFECT_REACH = 2.5  # the push tapers to exactly 0 at this many sigmas (sigma = radius)
 
 
 @dataclass
@@ -56,17 +56,19 @@ def lesion_layer(
         return None
     brain, affine = anat.brain, anat.affine
     box = expand(geo.region, margin, geo.labels.shape)
-    displaced = None
+    displaced, moved = None, np.zeros(1, dtype=bool)
     if lp.mass_effect > 0:
         centre, sigma = _mass_centre(geo, lp, affine)
-        reach = int(np.ceil(MASS_EFFECT_EXTENT * sigma / spacing))
+        reach = int(np.ceil(MASS_EFFECT_REACH * sigma / spacing)) + 1
         centre_vox = np.rint(np.linalg.solve(affine[:3, :3], centre - affine[:3, 3])).astype(int)
         push = tuple(slice(int(c) - reach, int(c) + reach + 1) for c in centre_vox)
-        box = _union(box, expand(push, 0, geo.labels.shape))
-        displaced = _box_world(box, affine)
-        displaced = radial_warp(displaced, centre, lp.mass_effect, [sigma] * 3)
+        box = _union(box, expand(push, margin, geo.labels.shape))
+        world = _box_world(box, affine)
+        displaced = radial_warp(world, centre, lp.mass_effect, [sigma] * 3, reach=MASS_EFFECT_REACH)
+        # Only voxels that actually moved leave the healthy image; the rest stay exact.
+        moved = np.any(displaced != world, axis=0) & brain[box]
     lesion = geo.labels[box] > 0
-    changed = lesion | (brain[box] if displaced is not None else False)
+    changed = lesion | moved
     pv = ndimage.gaussian_filter(
         lesion.astype(np.float32), PARTIAL_VOLUME_MM / spacing, mode="constant", truncate=3.0
     )
@@ -101,7 +103,7 @@ def _mass_centre(geo: LesionGeometry, lp: LesionParams, affine: np.ndarray):
     """World mm of the tumour's centre of mass and the push's extent (mm)."""
     com = np.array(ndimage.center_of_mass(geo.labels > 0))
     centre = affine[:3, :3] @ com + affine[:3, 3]
-    return centre, 1.2 * float((3.0 * lp.total_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0))
+    return centre, float((3.0 * lp.total_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0))
 
 
 def _texture(lp: LesionParams, lesion: np.ndarray, box, anat: WarpedAnatomy) -> np.ndarray:

@@ -100,8 +100,11 @@ def sample(
         for a in range(3)
     ]
     grid = torch.from_numpy(np.stack(norm[::-1], axis=-1)).reshape(1, 1, 1, -1, 3)
+    values = np.ascontiguousarray(maps, dtype=np.float32)
+    if not values.flags.writeable:  # cached template arrays are read-only; torch wants writable
+        values = values.copy()
     out = torch.nn.functional.grid_sample(
-        torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None],
+        torch.from_numpy(values)[None],
         grid,
         mode="bilinear",
         padding_mode=padding,

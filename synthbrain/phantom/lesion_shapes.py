@@ -174,7 +174,9 @@ def _tumour_labels(pts, wm, cand, shape, c: dict, n_total: int, rough) -> np.nda
     core_score = -d + np.float32(0.5) * rough[1]
     core = _top(core_score, n_core, ~_inner(lab == 2, whole, cand, shape, n_core))
     lab[core] = 3
-    necrosis = _top(core_score, n_nec, ~_inner(lab == 3, core, cand, shape, n_nec))
+    # A different field for the necrosis edge makes the enhancing shell vary in thickness.
+    necrosis_score = -d + np.float32(0.7) * rough[0]
+    necrosis = _top(necrosis_score, n_nec, ~_inner(lab == 3, core, cand, shape, n_nec))
     lab[necrosis] = 1
     return lab
 
