@@ -1,0 +1,293 @@
+"""Quality of the deviation engine on held-out phantom subjects (the table in docs/deviation.md).
+
+For each held-out phantom subject (seeds never used in training: derive_seed(1000, k)) the true
+lesion image, its healthy substrate and the lesion mask are known. On the same anatomy and mask:
+
+- deviation: the PathoSyn engine implants lesions into the healthy substrate;
+- image: the image-space baseline (the same denoiser diffusing the whole window given x ⊙ m̄ and
+  m, then pasted into m), if its weights are given;
+- inp+shift: the fixed harmonic inpainting plus a per-contrast mean lesion shift measured on the
+  training set.
+
+Everything is measured on the lesion box at the model's 2 mm grid (model intensities in [0, 1]):
+change outside the lesion, realism AUC of lesion-slice features (true vs implanted, bootstrap 95%
+CI), first-order and GLCM texture inside the lesion per contrast, diversity across variants, and
+heal (in-lesion L1 against the true substrate: f_sub vs Inp alone).
+
+Example:
+    python scripts/eval_deviation.py --weights deviation-tumor-2mm \
+        --baseline runs/deviation/tumor-image/main.safetensors \
+        --train-set runs/deviation/tumor-train.h5 --n 8 --variants 3 --json runs/deviation/eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthbrain.engines.deviation import (
+    availability,
+    box_batch,
+    element_generators,
+    heal_tensors,
+    implant_tensors,
+    unbatch,
+)
+from synthbrain.engines.deviation_io import lesion_grid, subject_from_volumes, to_box
+from synthbrain.engines.deviation_ops import harmonic_fill
+from synthbrain.engines.deviation_run import load_bundle
+from synthbrain.io.nifti import Volume
+from synthbrain.metrics import first_order, realism_auc, texture_statistics
+
+TEXTURE = ("mean", "skewness", "kurtosis", "contrast", "homogeneity")
+
+
+def held_out(k: int, seed: int, lesion: str, config) -> dict:  # noqa: ANN001
+    """Held-out phantom subject k: healthy and true subjects on one lesion box."""
+    from synthbrain.io.dataset import lesion_mask_from_labels
+    from synthbrain.phantom import draw_subject, make_subject
+    from synthbrain.phantom_run import label_names
+    from synthbrain.rng import derive_seed, generator_for
+
+    params = draw_subject(generator_for(derive_seed(seed, k)), lesion=lesion,
+                          contrasts=config.contrasts, spacing=config.spacing)  # fmt: skip
+    ph = make_subject(params)
+    mask = lesion_mask_from_labels(ph.labels, config.labels, label_names(lesion)) > 0
+    first = config.contrasts[0]
+    healthy = subject_from_volumes(
+        {c: Volume(ph.healthy[c], ph.affine) for c in config.contrasts}, mask, first
+    )
+    true = subject_from_volumes({c: Volume(ph.images[c], ph.affine) for c in config.contrasts},
+                                mask, first)  # fmt: skip
+    return {"healthy": healthy, "true": true, "ml": ph.lesion_ml}
+
+
+def boxes(model, pair: dict) -> dict:  # noqa: ANN001
+    """The healthy and the true subject resampled onto the same lesion box."""
+    cfg = model.config
+    grid = lesion_grid(pair["healthy"], spacing=cfg.spacing, margin_mm=cfg.margin_mm,
+                       min_size=cfg.min_size, multiple=model.multiple, dims=cfg.dims)  # fmt: skip
+    healthy = to_box(pair["healthy"], cfg.contrasts, grid)
+    true = to_box(pair["true"], cfg.contrasts, grid, windows=healthy.windows)
+    return {"healthy": healthy, "true": true}
+
+
+def run_model(model, box, *, seed: int, variants: int, steps: int | None, heal_from=None):  # noqa: ANN001, ANN201
+    """Implant `variants` lesions into `box` (and heal `heal_from`): box arrays [C, X, Y, Z]."""
+    cfg = model.config
+    xb, mb, zs, pad = box_batch(box.x, box.m, cfg.dims, model.multiple)
+    a = availability(model, box.available, xb.shape[0], "cpu")
+    images, raws = [], []
+    for v in range(variants):
+        out = implant_tensors(model, xb, mb, a, element_generators(seed + v, xb.shape[0]),
+                              steps=steps)  # fmt: skip
+        images.append(unbatch(box.x, out["image"], zs, pad))
+        raw = out.get("raw")
+        raws.append(None if raw is None else unbatch(box.x, raw, zs, pad))
+    healed = None
+    if heal_from is not None:
+        hb, _, _, _ = box_batch(heal_from.x, heal_from.m, cfg.dims, model.multiple)
+        healed = unbatch(heal_from.x, heal_tensors(model, hb, mb, a), zs, pad)
+    return {"images": images, "raws": raws, "healed": healed}
+
+
+def inpaint_shift(box, shift: np.ndarray, dims: int) -> np.ndarray:  # noqa: ANN001
+    """Inp(x, m) + μ_c on m, slice by slice in 2-D (the plain baseline)."""
+    xb, mb, zs, pad = box_batch(box.x, box.m, dims, 16)
+    filled = (
+        harmonic_fill(xb, mb) + torch.as_tensor(shift, dtype=xb.dtype)[None, :, None, None] * mb
+    )
+    return unbatch(box.x, filled, zs, pad)
+
+
+def mean_shift(train_set: Path, config, max_items: int = 300) -> np.ndarray:  # noqa: ANN001
+    """Per-contrast mean of x − Inp(x, m) over training lesion voxels."""
+    from synthbrain.engines.deviation_train import LesionItems
+
+    items = LesionItems(train_set, "train", config)
+    picks = np.linspace(0, len(items) - 1, min(max_items, len(items))).astype(int)
+    total, count = np.zeros(config.n_contrasts), 0.0
+    for i in picks:
+        item = items[int(i)]
+        x, m = item["images"][None], item["mask"][None]
+        diff = (x - harmonic_fill(x, m)) * m
+        total += diff.sum(dim=(0, 2, 3)).numpy()
+        count += float(m.sum())
+    return total / max(count, 1.0)
+
+
+def slice_features(image: np.ndarray, m: np.ndarray, min_voxels: int = 10) -> list[np.ndarray]:
+    """One feature row per axial slice with a lesion: per contrast first-order statistics,
+    percentiles and the mean edge gradient on the lesion boundary."""
+    from scipy import ndimage
+
+    rows = []
+    for z in np.flatnonzero(m.sum(axis=(0, 1)) >= min_voxels):
+        mz = m[..., z] > 0
+        edge = mz & ~ndimage.binary_erosion(mz)
+        row = []
+        for c in range(image.shape[0]):
+            v = image[c, ..., z]
+            stats = first_order(v[mz])
+            grad = np.hypot(*np.gradient(v))
+            row += [stats["mean"], float(v[mz].std()), stats["skewness"], stats["kurtosis"],
+                    *np.percentile(v[mz], [10, 90]), float(grad[edge].mean())]  # fmt: skip
+        rows.append(np.nan_to_num(np.asarray(row)))
+    return rows
+
+
+def diversity(images: list[np.ndarray], m: np.ndarray) -> float:
+    """Mean pairwise L1 inside the mask between variants (model units)."""
+    pairs = list(itertools.combinations(images, 2))
+    if not pairs:
+        return float("nan")
+    inside = np.broadcast_to(m > 0, images[0].shape)
+    return float(np.mean([np.abs(a - b)[inside].mean() for a, b in pairs]))
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run every method on every held-out subject and collect the metrics."""
+    dev = load_bundle(args.weights, lesion=args.lesion, device="cpu").model
+    base = load_bundle(args.baseline, device="cpu").model if args.baseline else None
+    cfg = dev.config
+    shift = mean_shift(Path(args.train_set), cfg) if args.train_set else np.zeros(cfg.n_contrasts)
+    methods = ["deviation", "inp+shift"] + (["image"] if base is not None else [])
+    feats = {m: [] for m in ["true", *methods]}
+    tex = {m: {c: {k: [] for k in TEXTURE} for c in cfg.contrasts} for m in ["true", *methods]}
+    out_change = {m: [] for m in methods + (["image (unpasted)"] if base is not None else [])}
+    div = {m: [] for m in methods}
+    heal_l1 = {"f_sub": [], "Inp alone": []}
+    seconds = {m: [] for m in methods}
+    for k in range(args.n):
+        pair = held_out(k, args.seed, args.lesion, cfg)
+        bx = boxes(dev, pair)
+        x, m = bx["healthy"].x, bx["healthy"].m
+        outside = np.broadcast_to((m == 0), x.shape)
+        results = {}
+        t0 = time.perf_counter()
+        run = run_model(dev, bx["healthy"], seed=args.seed + 10 * k, variants=args.variants,
+                        steps=args.steps, heal_from=bx["true"])  # fmt: skip
+        seconds["deviation"].append((time.perf_counter() - t0) / args.variants)
+        results["deviation"] = run["images"]
+        inside = np.broadcast_to(m > 0, x.shape)
+        heal_l1["f_sub"].append(float(np.abs(run["healed"] - x)[inside].mean()))
+        inp = inpaint_shift(bx["true"], np.zeros(cfg.n_contrasts), cfg.dims)
+        heal_l1["Inp alone"].append(float(np.abs(inp - x)[inside].mean()))
+        t0 = time.perf_counter()
+        results["inp+shift"] = [inpaint_shift(bx["healthy"], shift, cfg.dims)]
+        seconds["inp+shift"].append(time.perf_counter() - t0)
+        if base is not None:
+            t0 = time.perf_counter()
+            brun = run_model(base, bx["healthy"], seed=args.seed + 10 * k, variants=args.variants,
+                             steps=args.steps)  # fmt: skip
+            seconds["image"].append((time.perf_counter() - t0) / args.variants)
+            results["image"] = brun["images"]
+            out_change["image (unpasted)"].append(
+                float(np.abs(brun["raws"][0] - x)[outside].mean())
+            )
+        truth = bx["true"].x
+        feats["true"] += slice_features(truth, m)
+        _texture(tex["true"], truth, m, cfg.contrasts)
+        for name, images in results.items():
+            out_change[name].append(float(np.abs(images[0] - x)[outside].max()))
+            feats[name] += slice_features(images[0], m)
+            _texture(tex[name], images[0], m, cfg.contrasts)
+            div[name].append(diversity(images, m))
+        print(
+            f"subject {k}: {pair['ml']:.1f} ml, box {list(bx['healthy'].grid.grid_shape)}",
+            flush=True,
+        )
+    return _summarise(args, methods, feats, tex, out_change, div, heal_l1, seconds, shift)
+
+
+def _texture(store: dict, image: np.ndarray, m: np.ndarray, contrasts) -> None:  # noqa: ANN001
+    """Append one subject's texture statistics per contrast."""
+    for i, c in enumerate(contrasts):
+        stats = texture_statistics(image[i], m)
+        for key in TEXTURE:
+            store[c][key].append(stats[key])
+
+
+def _summarise(args, methods, feats, tex, out_change, div, heal_l1, seconds, shift) -> dict:  # noqa: ANN001
+    """Means and AUCs as one JSON-ready dict."""
+    real = np.stack(feats["true"])
+    auc = {}
+    for name in methods:
+        res = realism_auc(real, np.stack(feats[name]), bootstrap=args.bootstrap, seed=0)
+        auc[name] = {"auc": res.auc, "ci": [res.ci_low, res.ci_high], "n": [res.n_real, res.n_fake]}
+    mean = lambda v: float(np.nanmean(v)) if len(v) else float("nan")  # noqa: E731
+    texture = {
+        m: {c: {k: mean(v) for k, v in d.items()} for c, d in t.items()} for m, t in tex.items()
+    }
+    return {
+        "subjects": args.n, "seed": args.seed, "variants": args.variants, "steps": args.steps,
+        "weights": args.weights, "baseline": args.baseline, "mean_shift": shift.tolist(),
+        "realism_auc": auc, "texture": texture,
+        "outside_change": {k: mean(v) for k, v in out_change.items()},
+        "diversity_l1": {k: mean(v) for k, v in div.items()},
+        "heal_l1_in_lesion": {k: mean(v) for k, v in heal_l1.items()},
+        "seconds_per_implant": {k: mean(v) for k, v in seconds.items()},
+    }  # fmt: skip
+
+
+def markdown(r: dict) -> str:
+    """The results as the markdown tables of docs/deviation.md."""
+    head = "| method | realism AUC (95% CI) ↓ | change outside lesion | diversity (L1 in mask) |"
+    lines = [head + " s / implant |", "| --- | --- | --- | --- | --- |"]
+    for name, a in r["realism_auc"].items():
+        lines.append(
+            f"| {name} | {a['auc']:.3f} ({a['ci'][0]:.3f}–{a['ci'][1]:.3f}) | "
+            f"{r['outside_change'][name]:.3g} | {r['diversity_l1'][name]:.4f} | "
+            f"{r['seconds_per_implant'][name]:.2f} |"
+        )
+    if "image (unpasted)" in r["outside_change"]:
+        unpasted = r["outside_change"]["image (unpasted)"]
+        lines.append(f"| image, before pasting | | {unpasted:.4f} (mean) | | |")
+    names = list(r["realism_auc"])
+    lines += ["", "| contrast | statistic | true | " + " | ".join(names) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]  # fmt: skip
+    for c, stats in r["texture"]["true"].items():
+        for key in TEXTURE:
+            row = [f"{r['texture'][m][c][key]:.3f}" for m in r["realism_auc"]]
+            lines.append(f"| {c} | {key} | {stats[key]:.3f} | " + " | ".join(row) + " |")
+    heal = r["heal_l1_in_lesion"]
+    lines += [
+        "",
+        "| heal (in-lesion L1 vs true substrate) | f_sub | Inp alone |",
+        "| --- | --- | --- |",
+        f"| mean over subjects | {heal['f_sub']:.4f} | {heal['Inp alone']:.4f} |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse arguments, evaluate, print the tables and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="deviation-tumor-2mm")
+    parser.add_argument("--baseline", default=None, help="image-space weights (space=image)")
+    parser.add_argument("--train-set", default=None, help="HDF5 set for the inp+shift mean shift")
+    parser.add_argument("--lesion", default="tumor")
+    parser.add_argument("--n", type=int, default=8, help="held-out subjects")
+    parser.add_argument("--seed", type=int, default=1000, help="held-out phantom run seed")
+    parser.add_argument("--variants", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = evaluate(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
