@@ -39,12 +39,6 @@ def draw_seed(generator: torch.Generator) -> int:
     return draw_int(generator, 0, _SEED_HIGH)
 
 
-def draw_unit_vector(generator: torch.Generator) -> np.ndarray:
-    """A direction drawn uniformly on the sphere."""
-    v = torch.randn(3, generator=generator, dtype=torch.float64).numpy()
-    return v / max(float(np.linalg.norm(v)), 1e-12)
-
-
 def lattice_shape(node_mm: float) -> tuple[int, int, int]:
     """Nodes per axis of a lattice about `node_mm` apart spanning the field of view."""
     return tuple(int(round(f / node_mm)) + 1 for f in FIELD_OF_VIEW_MM)  # type: ignore[return-value]
