@@ -217,6 +217,7 @@ def _add_to_h5(h5: Any, sample_id: str, subject: Any, config: PhantomConfig) -> 
             "healthy": config.lesion == "none",
             "lesion_type": config.lesion,
             "params": subject.params.to_json(),
+            "intensity": {c: subject.intensity[c] for c in config.contrasts},
         },
     )
 
