@@ -187,3 +187,20 @@ def test_bad_config_file(tmp_path, capsys, flag):
         ["preprocess", str(tmp_path), "--out", str(tmp_path / "s.h5"), flag, str(bad)], capsys
     )
     assert code == 2 and "c.toml" in err
+
+
+def test_preprocess_command_end_to_end(tmp_path, capsys):
+    from niftis import AFFINE_LPS, AFFINE_RAS
+    from test_preprocess import write_brats
+
+    for i, affine in enumerate((AFFINE_RAS, AFFINE_LPS, AFFINE_RAS)):
+        write_brats(tmp_path / "brats", f"S{i}", affine)
+    out = tmp_path / "set.h5"
+    args = ["preprocess", str(tmp_path / "brats"), "--out", str(out), "--spacing", "2"]
+    code, stdout, _ = run([*args, "--slices", "--json"], capsys)
+    assert code == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["config"]["spacing"] == 2.0
+    assert out.is_file() and (tmp_path / "set.fingerprint.json").is_file()
+    code, _, err = run(args, capsys)  # the set exists: refused without --overwrite
+    assert code == 2 and "set.h5" in err
