@@ -88,14 +88,16 @@ class DeformationModel(nn.Module):
         parts = [x_t, cond]
         if self.config.self_condition:
             parts.append(torch.zeros_like(x_t) if x0_prev is None else x0_prev)
-        out = self.denoiser(torch.cat(parts, dim=1), t)
+        # channels-last convolutions run ~1.5x faster on CPUs (oneDNN) and suit CUDA AMP too
+        x = torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
+        out = self.denoiser(x, t)
         return torch.cat(out, dim=1) if isinstance(out, tuple) else out
 
     def displacement(self, x0: Tensor) -> Tensor:
         """û = U(m̂0): the displacement (voxels, [B, 2, H, W]) from the mask channel of x̂0."""
         if self.warp_net is None:
             raise ValueError("this model has no deformation module (deform = false)")
-        return self.warp_net(x0[:, MASK : MASK + 1])
+        return self.warp_net(x0[:, MASK : MASK + 1].contiguous(memory_format=torch.channels_last))
 
     def loss_weight(self, t: Tensor, like: Tensor) -> Tensor:
         """w_t = SNR/(SNR + 1), with the SNR clipped at min_snr_gamma when set; flat [B]."""

@@ -112,15 +112,16 @@ class DeformationConfig(BaseModel):
     min_snr_gamma: float | None = Field(default=None, gt=0)
     smooth_weight: float = Field(default=1.0, ge=0)
     clip_x0: bool = True
-    crop: int | None = Field(default=64, ge=4)
+    crop: int | None = Field(default=48, ge=4)
     tumour_fraction: float = Field(default=0.5, ge=0, lt=1)
     flip: bool = True
     sampling: Sampling = Sampling()
-    denoiser: NetSettings = NetSettings()
+    denoiser: NetSettings = NetSettings(base_channels=12)
     warp_net: NetSettings = NetSettings(base_channels=4, channel_mults=(1, 2, 4, 8), groups=2)
+    # Sized for a 2-core CPU budget (docs/deformation.md); the paper: Adam 8e-5, batch 16, 200k.
     train: TrainConfig = TrainConfig(
-        steps=2000, batch_size=12, lr=1e-3, warmup=50, ema_decay=0.995, checkpoint_every=50,
-        log_every=10, val_every=200, val_batches=2,
+        steps=600, batch_size=8, lr=1e-3, warmup=30, ema_decay=0.995, checkpoint_every=25,
+        log_every=10, val_every=100, val_batches=2, num_workers=1,
     )  # fmt: skip
 
     @model_validator(mode="after")
