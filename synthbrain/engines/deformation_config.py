@@ -120,7 +120,7 @@ class DeformationConfig(BaseModel):
     warp_net: NetSettings = NetSettings(base_channels=4, channel_mults=(1, 2, 4, 8), groups=2)
     # Sized for a 2-core CPU budget (docs/deformation.md); the paper: Adam 8e-5, batch 16, 200k.
     train: TrainConfig = TrainConfig(
-        steps=600, batch_size=8, lr=1e-3, warmup=30, ema_decay=0.995, checkpoint_every=25,
+        steps=1500, batch_size=8, lr=1e-3, warmup=30, ema_decay=0.995, checkpoint_every=25,
         log_every=10, val_every=100, val_batches=2, num_workers=1,
     )  # fmt: skip
 
