@@ -421,3 +421,21 @@ def test_rigid_registration_recovers_a_shift_on_an_oblique_grid():
     before = np.abs(unregistered - fixed.data).mean()
     assert np.abs(moved.data - fixed.data).mean() < 0.4 * before
     np.testing.assert_allclose(report["translation_mm"], [-3.0, 2.0, 1.5], atol=1.0)
+
+
+def test_enhance_registers_t2_and_flair_on_other_grids(tmp_path, tiny_weights):
+    from synthbrain import api
+
+    paths = _write_subject(tmp_path, AFFINE_OBLIQUE)
+    other = tmp_path / "other"
+    other.mkdir()
+    moved = _write_subject(other, AFFINE_LPS, shape=(18, 20, 16))
+    with pytest.raises(InputError):
+        api.enhance(t1=paths["t1"], t2=moved["t2"], flair=moved["flair"],
+                    out=tmp_path / "no.nii.gz", weights=str(tiny_weights), steps=2)  # fmt: skip
+    summary = api.enhance(
+        t1=paths["t1"], t2=moved["t2"], flair=moved["flair"], out=tmp_path / "r.nii.gz",
+        weights=str(tiny_weights), steps=2, register=True,
+    )  # fmt: skip
+    assert set(summary["registered"]) == {"t2", "flair"}
+    assert nib.load(tmp_path / "r.nii.gz").shape == nib.load(paths["t1"]).shape
