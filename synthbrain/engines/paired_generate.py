@@ -81,6 +81,7 @@ def make_triplets(
     run: SamplerSettings,
     brain: torch.Tensor,
     masks: list[np.ndarray] | None = None,
+    substrate_steps: int | None = None,
 ) -> list[Triplet]:
     """Sample one triplet per generator (tasks a or b, then the healed substrate)."""
     model, dev = bundle.model, bundle.device
@@ -90,7 +91,7 @@ def make_triplets(
     else:
         mask = torch.from_numpy(np.stack(masks))[:, None].to(dev)
         y0 = sample_given_mask(model, model.mask_to_x(mask.float()), generators, run)
-    y_heal = healed_substrate(bundle, y0, mask, generators, run)
+    y_heal = healed_substrate(bundle, y0, mask, generators, run, steps=substrate_steps)
     with autocast_for(dev, run.precision):
         image = decode_images(model, y0, brain)
         healed = decode_images(model, y_heal, brain)

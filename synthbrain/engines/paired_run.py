@@ -120,13 +120,15 @@ def healed_substrate(
     generators: list[torch.Generator],
     run: SamplerSettings,
     t_start: int = SUBSTRATE_T_START,
+    steps: int | None = None,
 ) -> torch.Tensor:
-    """Heal latents with their own masks as the LCG gate; returns the healed latents."""
+    """Heal latents with their own masks as the LCG gate; returns the healed latents.
+
+    `steps` defaults to the stride `run` has over the whole schedule (15 for 50 of 1024).
+    """
     model = bundle.model
-    sub = SamplerSettings(
-        run.sampler, substrate_steps(run.steps, t_start, model.schedule.T), run.spacing, run.eta,
-        run.precision,
-    )  # fmt: skip
+    n = steps or substrate_steps(run.steps, t_start, model.schedule.T)
+    sub = SamplerSettings(run.sampler, n, run.spacing, run.eta, run.precision)
     acg = ACGSettings(t_ref=t_start)
     empty = model.empty_x(y0.shape[0], y0)
     return edit(
@@ -139,7 +141,7 @@ def brain_tensor(bundle: Bundle) -> torch.Tensor:
     from synthbrain.engines.paired_edit import template_arrays
 
     brain = template_arrays(bundle.model.config.spacing, bundle.model.config.grid)[1]
-    return torch.from_numpy(np.asarray(brain, np.float32))[None, None].to(bundle.device)
+    return torch.from_numpy(np.array(brain, np.float32))[None, None].to(bundle.device)
 
 
 # ---------------------------------------------------------------------- generate

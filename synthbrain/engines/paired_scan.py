@@ -130,11 +130,8 @@ def run_edit(
     mask = mask_to_grid(inputs.mask, sg) if inputs.mask is not None else None
     run = SamplerSettings(sampler, steps or DEFAULT_STEPS, "linspace", 0.0, bundle.precision)
     acg = ACGSettings(alpha0, k, t_start, acg_target, eta)  # type: ignore[arg-type]
-    results = _edit_grid(bundle, sg, mask, kind, n, run, acg, t_start, seed)
-    core = mask
-    if core is None:
-        core = difference_core(results[0], sg.image, sg.brain, threshold=HEAL_THRESHOLD)
-    weight = blend_weight(core, SEAM_VOXELS)
+    results = edit_images(bundle, sg.image, sg.brain, mask, kind, n, run, acg, t_start, seed)
+    weight = edit_weight(results[0], sg.image, sg.brain, mask)
     written = _write(results, weight, sg, volumes[0], images, editmask_path)
     return {
         "engine": "paired",
@@ -157,10 +154,21 @@ def run_edit(
     }
 
 
+def edit_weight(
+    result: np.ndarray, image: np.ndarray, brain: np.ndarray, mask: np.ndarray | None
+) -> np.ndarray:
+    """The blend weight on the grid: the mask (or where a heal changed the image) + seam band."""
+    core = mask
+    if core is None:
+        core = difference_core(result, image, brain, threshold=HEAL_THRESHOLD)
+    return blend_weight(core, SEAM_VOXELS)
+
+
 @torch.no_grad()
-def _edit_grid(
+def edit_images(
     bundle: Bundle,
-    sg: ScanOnGrid,
+    image_grid: np.ndarray,
+    brain_grid: np.ndarray,
     mask: np.ndarray | None,
     kind: str,
     n: int,
@@ -169,12 +177,16 @@ def _edit_grid(
     t_start: int,
     seed: int,
 ) -> list[np.ndarray]:
-    """Edited images [C, *grid] in [0, 1] on the model grid, one per variant."""
+    """Edited images [C, *grid] in [0, 1] on the model grid (not yet blended), one per variant.
+
+    `image_grid` is [C, *grid] in [0, 1]; `mask` the lesion on the grid (required to implant,
+    optional to heal, where it becomes the LCG gate); variant v uses derive_seed(seed, v).
+    """
     from synthbrain.rng import derive_seed, generator_for
 
     model, dev = bundle.model, bundle.device
-    image = torch.from_numpy(sg.image)[None].to(dev)
-    brain = torch.from_numpy(sg.brain)[None, None].to(dev)
+    image = torch.from_numpy(np.ascontiguousarray(image_grid, np.float32))[None].to(dev)
+    brain = torch.from_numpy(np.asarray(brain_grid, np.float32))[None, None].to(dev)
     with autocast_for(dev, run.precision):
         y_in = model.encode(image).float()
     gate = None

@@ -134,12 +134,16 @@ def train(
     ae_summary = _stage_autoencoder(model, Path(data), cfg, out, resume, reporter)
     z, x, counts = _latents(model, Path(data), cfg, out, resume, reporter)
     diff_summary = _stage_diffusion(model, z, x, cfg, out, resume, reporter)
-    weights = export_bundle(model, out / f"paired-{model.config.lesion}.safetensors", {
+    c = model.config
+    name = f"paired-{c.lesion}-{c.spacing:g}mm"
+    weights = export_bundle(model, out / f"{name}.safetensors", {
         "autoencoder": ae_summary, "diffusion": diff_summary, "examples": counts,
     })  # fmt: skip
     entry = weights_entry(model, weights, Path(data), config_file, counts, cfg)
     (out / "weights-entry.toml").write_text(entry)
-    reporter.info(f"weights.toml entry (also in {out / 'weights-entry.toml'}):\n{entry}")
+    from rich.markup import escape
+
+    reporter.info(escape(f"weights.toml entry (in {out / 'weights-entry.toml'}):\n{entry}"))
     return {
         "engine": "paired",
         "weights": str(weights),
@@ -148,7 +152,7 @@ def train(
         "autoencoder": _brief(ae_summary),
         "diffusion": _brief(diff_summary),
         "seconds": round(time.perf_counter() - started, 2),
-        "weights_entry": entry,
+        "weights_entry": str(out / "weights-entry.toml"),
     }
 
 
