@@ -46,8 +46,9 @@ def _edit(bundle: Bundle, image, brain, mask, kind, run, acg, seed=0) -> tuple[n
     """One edit on the grid, blended as the commands blend it; returns (result [X,Y,Z], secs)."""
     t0 = time.perf_counter()
     t_start = acg.t_ref
-    result = edit_images(bundle, image[None], brain, mask, kind, 1, run, acg, t_start, seed)[0]
-    weight = edit_weight(result, image[None], brain, mask)
+    results, recon = edit_images(bundle, image[None], brain, mask, kind, 1, run, acg, t_start, seed)
+    result = results[0]
+    weight = edit_weight(result, recon, brain, mask)
     blended = image + weight * (result[0] - image)
     return blended.astype(np.float32), time.perf_counter() - t0
 

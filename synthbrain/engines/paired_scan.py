@@ -130,8 +130,8 @@ def run_edit(
     mask = mask_to_grid(inputs.mask, sg) if inputs.mask is not None else None
     run = SamplerSettings(sampler, steps or DEFAULT_STEPS, "linspace", 0.0, bundle.precision)
     acg = ACGSettings(alpha0, k, t_start, acg_target, eta)  # type: ignore[arg-type]
-    results = edit_images(bundle, sg.image, sg.brain, mask, kind, n, run, acg, t_start, seed)
-    weight = edit_weight(results[0], sg.image, sg.brain, mask)
+    results, recon = edit_images(bundle, sg.image, sg.brain, mask, kind, n, run, acg, t_start, seed)
+    weight = edit_weight(results[0], recon, sg.brain, mask)
     written = _write(results, weight, sg, volumes[0], images, editmask_path)
     return {
         "engine": "paired",
@@ -155,12 +155,18 @@ def run_edit(
 
 
 def edit_weight(
-    result: np.ndarray, image: np.ndarray, brain: np.ndarray, mask: np.ndarray | None
+    result: np.ndarray, reference: np.ndarray | None, brain: np.ndarray, mask: np.ndarray | None
 ) -> np.ndarray:
-    """The blend weight on the grid: the mask (or where a heal changed the image) + seam band."""
+    """The blend weight on the grid: the mask, or where a heal changed the image, + seam band.
+
+    `reference` is the autoencoder's reconstruction of the input: comparing the healed image with
+    it (not with the input) sees only what the diffusion changed, not the autoencoder's blur.
+    """
     core = mask
     if core is None:
-        core = difference_core(result, image, brain, threshold=HEAL_THRESHOLD)
+        if reference is None:
+            raise ValueError("a heal without a mask needs the input's reconstruction")
+        core = difference_core(result, reference, brain, threshold=HEAL_THRESHOLD)
     return blend_weight(core, SEAM_VOXELS)
 
 
@@ -176,11 +182,13 @@ def edit_images(
     acg: ACGSettings,
     t_start: int,
     seed: int,
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Edited images [C, *grid] in [0, 1] on the model grid (not yet blended), one per variant.
 
     `image_grid` is [C, *grid] in [0, 1]; `mask` the lesion on the grid (required to implant,
     optional to heal, where it becomes the LCG gate); variant v uses derive_seed(seed, v).
+    Returns the results and, for a heal without a mask, the autoencoder's reconstruction of the
+    input (what `edit_weight` compares the result with); None otherwise.
     """
     from synthbrain.rng import derive_seed, generator_for
 
@@ -203,7 +211,11 @@ def edit_images(
         with autocast_for(dev, run.precision):
             out = model.decode(y).float().clamp(0.0, 1.0) * brain
         results.append(out[0].cpu().numpy())
-    return results
+    recon = None
+    if mask is None:
+        with autocast_for(dev, run.precision):
+            recon = (model.decode(y_in).float().clamp(0.0, 1.0) * brain)[0].cpu().numpy()
+    return results, recon
 
 
 def _write(
