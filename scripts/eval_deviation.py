@@ -158,52 +158,66 @@ def evaluate(args: argparse.Namespace) -> dict:
     cfg = dev.config
     shift = mean_shift(Path(args.train_set), cfg) if args.train_set else np.zeros(cfg.n_contrasts)
     methods = ["deviation", "inp+shift"] + (["image"] if base is not None else [])
-    feats = {m: [] for m in ["true", *methods]}
-    tex = {m: {c: {k: [] for k in TEXTURE} for c in cfg.contrasts} for m in ["true", *methods]}
-    out_change = {m: [] for m in methods + (["image (unpasted)"] if base is not None else [])}
-    div = {m: [] for m in methods}
-    heal_l1 = {"f_sub": [], "Inp alone": []}
-    seconds = {m: [] for m in methods}
+    every = ["true", *methods]
+    acc = {
+        "feats": {m: [] for m in every},
+        "tex": {m: {c: {k: [] for k in TEXTURE} for c in cfg.contrasts} for m in every},
+        "out_change": {m: [] for m in methods + (["image (unpasted)"] if base else [])},
+        "div": {m: [] for m in methods},
+        "heal_l1": {"f_sub": [], "Inp alone": []},
+        "seconds": {m: [] for m in methods},
+    }  # fmt: skip
     for k in range(args.n):
         pair = held_out(k, args.seed, args.lesion, cfg)
         bx = boxes(dev, pair)
-        x, m = bx["healthy"].x, bx["healthy"].m
-        outside = np.broadcast_to((m == 0), x.shape)
-        results = {}
+        results = implant_all(args, k, dev, base, bx, shift, acc)
+        score_subject(bx, results, cfg, acc)
+        box = list(bx["healthy"].grid.grid_shape)
+        print(f"subject {k}: {pair['ml']:.1f} ml, box {box}", flush=True)
+    return _summarise(args, methods, shift, **acc)
+
+
+def implant_all(args, k, dev, base, bx, shift, acc) -> dict:  # noqa: ANN001
+    """Every method's implants on subject k's box (and the heal scores); timings into acc."""
+    x, m = bx["healthy"].x, bx["healthy"].m
+    inside = np.broadcast_to(m > 0, x.shape)
+    results = {}
+    t0 = time.perf_counter()
+    run = run_model(dev, bx["healthy"], seed=args.seed + 10 * k, variants=args.variants,
+                    steps=args.steps, heal_from=bx["true"])  # fmt: skip
+    acc["seconds"]["deviation"].append((time.perf_counter() - t0) / args.variants)
+    results["deviation"] = run["images"]
+    acc["heal_l1"]["f_sub"].append(float(np.abs(run["healed"] - x)[inside].mean()))
+    inp = inpaint_shift(bx["true"], np.zeros(len(shift)), dev.config.dims)
+    acc["heal_l1"]["Inp alone"].append(float(np.abs(inp - x)[inside].mean()))
+    t0 = time.perf_counter()
+    results["inp+shift"] = [inpaint_shift(bx["healthy"], shift, dev.config.dims)]
+    acc["seconds"]["inp+shift"].append(time.perf_counter() - t0)
+    if base is not None:
         t0 = time.perf_counter()
-        run = run_model(dev, bx["healthy"], seed=args.seed + 10 * k, variants=args.variants,
-                        steps=args.steps, heal_from=bx["true"])  # fmt: skip
-        seconds["deviation"].append((time.perf_counter() - t0) / args.variants)
-        results["deviation"] = run["images"]
-        inside = np.broadcast_to(m > 0, x.shape)
-        heal_l1["f_sub"].append(float(np.abs(run["healed"] - x)[inside].mean()))
-        inp = inpaint_shift(bx["true"], np.zeros(cfg.n_contrasts), cfg.dims)
-        heal_l1["Inp alone"].append(float(np.abs(inp - x)[inside].mean()))
-        t0 = time.perf_counter()
-        results["inp+shift"] = [inpaint_shift(bx["healthy"], shift, cfg.dims)]
-        seconds["inp+shift"].append(time.perf_counter() - t0)
-        if base is not None:
-            t0 = time.perf_counter()
-            brun = run_model(base, bx["healthy"], seed=args.seed + 10 * k, variants=args.variants,
-                             steps=args.steps)  # fmt: skip
-            seconds["image"].append((time.perf_counter() - t0) / args.variants)
-            results["image"] = brun["images"]
-            out_change["image (unpasted)"].append(
-                float(np.abs(brun["raws"][0] - x)[outside].mean())
-            )
-        truth = bx["true"].x
-        feats["true"] += slice_features(truth, m)
-        _texture(tex["true"], truth, m, cfg.contrasts)
-        for name, images in results.items():
-            out_change[name].append(float(np.abs(images[0] - x)[outside].max()))
-            feats[name] += slice_features(images[0], m)
-            _texture(tex[name], images[0], m, cfg.contrasts)
-            div[name].append(diversity(images, m))
-        print(
-            f"subject {k}: {pair['ml']:.1f} ml, box {list(bx['healthy'].grid.grid_shape)}",
-            flush=True,
-        )
-    return _summarise(args, methods, feats, tex, out_change, div, heal_l1, seconds, shift)
+        brun = run_model(base, bx["healthy"], seed=args.seed + 10 * k, variants=args.variants,
+                         steps=args.steps)  # fmt: skip
+        acc["seconds"]["image"].append((time.perf_counter() - t0) / args.variants)
+        results["image"] = brun["images"]
+        if brun["raws"][0] is None:
+            raise SystemExit(f"--baseline {args.baseline} is not image-space (space = 'image')")
+        outside = np.broadcast_to(m == 0, x.shape)
+        unpasted = float(np.abs(brun["raws"][0] - x)[outside].mean())
+        acc["out_change"]["image (unpasted)"].append(unpasted)
+    return results
+
+
+def score_subject(bx: dict, results: dict, cfg, acc: dict) -> None:  # noqa: ANN001
+    """Features, texture, change outside the lesion and diversity of one subject."""
+    x, m, truth = bx["healthy"].x, bx["healthy"].m, bx["true"].x
+    outside = np.broadcast_to(m == 0, x.shape)
+    acc["feats"]["true"] += slice_features(truth, m)
+    _texture(acc["tex"]["true"], truth, m, cfg.contrasts)
+    for name, images in results.items():
+        acc["out_change"][name].append(float(np.abs(images[0] - x)[outside].max()))
+        acc["feats"][name] += slice_features(images[0], m)
+        _texture(acc["tex"][name], images[0], m, cfg.contrasts)
+        acc["div"][name].append(diversity(images, m))
 
 
 def _texture(store: dict, image: np.ndarray, m: np.ndarray, contrasts) -> None:  # noqa: ANN001
@@ -214,7 +228,7 @@ def _texture(store: dict, image: np.ndarray, m: np.ndarray, contrasts) -> None: 
             store[c][key].append(stats[key])
 
 
-def _summarise(args, methods, feats, tex, out_change, div, heal_l1, seconds, shift) -> dict:  # noqa: ANN001
+def _summarise(args, methods, shift, *, feats, tex, out_change, div, heal_l1, seconds) -> dict:  # noqa: ANN001
     """Means and AUCs as one JSON-ready dict."""
     real = np.stack(feats["true"])
     auc = {}

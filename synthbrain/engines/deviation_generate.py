@@ -88,6 +88,35 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def write_sample(writer: Any, bundle: Bundle, sources: Sources, opt: dict, k: int) -> str:
+    """Make and write sample k of the run; returns its id."""
+    from synthbrain.io.outputs import lesion_volume_ml
+    from synthbrain.rng import derive_seed
+
+    t0, sample_id, variants = time.perf_counter(), f"synth_{k:05d}", int(opt["variants"])
+    p, seed_k = k // variants, derive_seed(opt["seed"], k)
+    pair = sources.pair(p, derive_seed(opt["seed"], p))
+    results, facts = edit_subject(
+        bundle.model, pair.subject, severity=float(opt["severity"]), seed=seed_k,
+        steps=opt["steps"], sampler=opt["sampler"], eta=opt["eta"],
+    )  # fmt: skip
+    contrasts = sources.written_contrasts
+    vols = sample_volumes(pair, results[0], contrasts)
+    ml = lesion_volume_ml(pair.subject.mask, pair.subject.reference.affine)
+    record = {
+        "seed": seed_k, "engine": "deviation", "weights": bundle.name,
+        "weights_sha256": bundle.sha256, "lesion": opt["lesion"],
+        "severity": float(opt["severity"]), "variant": k % variants, "pair": p,
+        "anatomy": pair.anatomy, "mask_source": pair.mask, "lesion_ml": round(ml, 3),
+        "contrasts": list(contrasts), "box": facts["box"],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }  # fmt: skip
+    writer.write_sample(sample_id, vols, record=record, index=k)
+    if opt["preview"]:
+        _preview(writer, sample_id, vols, contrasts[0], len(contrasts) > 1)
+    return sample_id
+
+
 def generate(*, out: Path, reporter: Reporter | None = None, **options: Any) -> dict[str, Any]:
     """Write n triplets with the deviation engine (see the module docstring).
 
@@ -98,8 +127,8 @@ def generate(*, out: Path, reporter: Reporter | None = None, **options: Any) -> 
     shapes), layout, preview, shard, seed, device, overwrite, resume; and severity, variants
     (lesions per anatomy and mask), eta.
     """
-    from synthbrain.io.outputs import RunWriter, lesion_volume_ml
-    from synthbrain.rng import derive_seed, shard_indices
+    from synthbrain.io.outputs import RunWriter
+    from synthbrain.rng import shard_indices
 
     started = time.perf_counter()
     reporter = reporter or Reporter(quiet=True)
@@ -109,40 +138,19 @@ def generate(*, out: Path, reporter: Reporter | None = None, **options: Any) -> 
     cfg = bundle.model.config
     sources = Sources(contrasts=cfg.contrasts, lesion=opt["lesion"], spacing=cfg.spacing,
                       anatomy=opt["anatomy"], masks=opt["masks"], labels=cfg.labels)  # fmt: skip
-    contrasts = sources.written_contrasts
     writer = RunWriter(
         out, layout=opt["layout"], config=run_config(bundle, sources, opt),
         overwrite=opt["overwrite"], resume=opt["resume"], dataset_name="synthbrain-deviation",
-        channel_names=contrasts, labels={"background": 0, "lesion": 1},
+        channel_names=sources.written_contrasts, labels={"background": 0, "lesion": 1},
         shard=shard if shard[1] > 1 else None,
     )  # fmt: skip
     indices = shard_indices(int(opt["n"]), shard)
     done = writer.finished_ids() if opt["resume"] else set()
     todo = [k for k in indices if f"synth_{k:05d}" not in done]
-    variants, written = int(opt["variants"]), []
+    written = []
     with reporter.task(f"generate {opt['lesion']}", total=len(todo)) as advance:
         for k in todo:
-            t0, sample_id = time.perf_counter(), f"synth_{k:05d}"
-            p, seed_k = k // variants, derive_seed(opt["seed"], k)
-            pair = sources.pair(p, derive_seed(opt["seed"], p))
-            results, facts = edit_subject(
-                bundle.model, pair.subject, severity=float(opt["severity"]), seed=seed_k,
-                steps=opt["steps"], sampler=opt["sampler"], eta=opt["eta"],
-            )  # fmt: skip
-            vols = sample_volumes(pair, results[0], contrasts)
-            ml = lesion_volume_ml(pair.subject.mask, pair.subject.reference.affine)
-            record = {
-                "seed": seed_k, "engine": "deviation", "weights": bundle.name,
-                "weights_sha256": bundle.sha256, "lesion": opt["lesion"],
-                "severity": float(opt["severity"]), "variant": k % variants, "pair": p,
-                "anatomy": pair.anatomy, "mask_source": pair.mask, "lesion_ml": round(ml, 3),
-                "contrasts": list(contrasts), "box": facts["box"],
-                "seconds": round(time.perf_counter() - t0, 3),
-            }  # fmt: skip
-            writer.write_sample(sample_id, vols, record=record, index=k)
-            if opt["preview"]:
-                _preview(writer, sample_id, vols, contrasts[0], len(contrasts) > 1)
-            written.append(sample_id)
+            written.append(write_sample(writer, bundle, sources, opt, k))
             advance(1)
     writer.close()
     return {

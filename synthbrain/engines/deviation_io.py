@@ -121,7 +121,7 @@ def load_subject(
             try:
                 check_same_grid(scan, vol, what=name)
             except InputError:
-                vol = resample_to(vol, scan.shape, scan.affine, order=1, header=vol.header)
+                vol = resample_to(vol, scan.shape, scan.affine, order=1)
         else:
             check_same_grid(scan, vol, what=name)
         volumes[name] = vol
