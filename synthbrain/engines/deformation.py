@@ -129,7 +129,8 @@ class DeformationModel(nn.Module):
         batch = self._augment(batch, generator)
         cond, x0 = self.model_inputs(batch)
         b, device = x0.shape[0], x0.device
-        t = torch.randint(0, self.schedule.T, (b,), generator=generator).to(device)
+        draw = {"generator": generator, "device": generator.device}  # a CUDA run draws on CUDA
+        t = torch.randint(0, self.schedule.T, (b,), **draw).to(device)
         noise = randn(x0.shape, generator, device, x0.dtype)
         x_t = q_sample(self.schedule, x0, t, noise)
         x0_prev = self._self_condition(x_t, t, cond, generator)
@@ -172,7 +173,9 @@ class DeformationModel(nn.Module):
         self, x_t: Tensor, t: Tensor, cond: Tensor, generator: torch.Generator
     ) -> Tensor | None:
         """Half of the time, x̂0 from a gradient-free first pass (self-conditioning)."""
-        if not self.config.self_condition or float(torch.rand((), generator=generator)) < 0.5:
+        if not self.config.self_condition:
+            return None
+        if float(torch.rand((), generator=generator, device=generator.device)) < 0.5:
             return None
         with torch.no_grad():
             return self._clip(x0_from_v(self.schedule, x_t, t, self.predict_v(x_t, t, cond)))

@@ -165,16 +165,16 @@ def crop_batch(
     mask = batch["mask"]
     height, width = mask.shape[-2:]
     ch, cw = min(size, height), min(size, width)
-    windows = []
+    windows, on = [], {"generator": generator, "device": generator.device}
     for b in range(mask.shape[0]):
-        coin = float(torch.rand((), generator=generator))
+        coin = float(torch.rand((), **on))
         hits = torch.nonzero(mask[b, 0] > 0.5)
         if coin < centre_fraction and len(hits):
-            y, x = hits[int(torch.randint(len(hits), (), generator=generator))].tolist()
+            y, x = hits[int(torch.randint(len(hits), (), **on))].tolist()
             top, left = y - ch // 2, x - cw // 2
         else:
-            top = int(torch.randint(height - ch + 1, (), generator=generator))
-            left = int(torch.randint(width - cw + 1, (), generator=generator))
+            top = int(torch.randint(height - ch + 1, (), **on))
+            left = int(torch.randint(width - cw + 1, (), **on))
         top, left = min(max(top, 0), height - ch), min(max(left, 0), width - cw)
         windows.append((top, left))
     return {
@@ -186,7 +186,7 @@ def crop_batch(
 def flip_batch(batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
     """Mirror a random half of the items left-right (the first in-plane axis is R-L in RAS)."""
     first = next(iter(batch.values()))
-    flip = torch.rand(first.shape[0], generator=generator) < 0.5
+    flip = torch.rand(first.shape[0], generator=generator, device=generator.device) < 0.5
     flip = flip.to(first.device).view(-1, 1, 1, 1)
     return {key: torch.where(flip, v.flip(-2), v) for key, v in batch.items()}
 

@@ -109,7 +109,7 @@ def train(
     """
     from synthbrain.io.dataset import read_info
     from synthbrain.io.outputs import sha256_file
-    from synthbrain.train import fit
+    from synthbrain.train import fit, is_main_process
 
     reporter = reporter or Reporter(quiet=True)
     values = {"train.steps": steps, "train.batch_size": batch_size, "train.seed": seed}
@@ -130,11 +130,11 @@ def train(
         model, train_set, val_set if len(val_set) else None, config.train, out,
         resume=resume, progress=reporter.show_progress, metadata=meta,
     )  # fmt: skip
-    exported = export_weights(Path(summary["weights"]), out / EXPORT_NAME)
-    summary.update(
-        exported=str(exported), sha256=sha256_file(exported),
-        params=sum(p.numel() for p in model.parameters()), **describe(label, convention, source),
-    )  # fmt: skip
+    summary.update(params=sum(p.numel() for p in model.parameters()),
+                   **describe(label, convention, source))  # fmt: skip
+    if is_main_process():  # under torchrun only rank 0 has the weights and writes files
+        exported = export_weights(Path(summary["weights"]), out / EXPORT_NAME)
+        summary.update(exported=str(exported), sha256=sha256_file(exported))
     return summary
 
 
