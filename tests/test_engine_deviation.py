@@ -234,3 +234,14 @@ def test_config_defaults_and_validation(tmp_path):
     path.write_text('contrasts = ["t1", "dwi"]\n')
     with pytest.raises(InputError, match="contrasts"):
         load_config(path)
+
+
+@pytest.mark.slow
+def test_three_d_training_step():
+    model = tiny_model(dims=3, crop=32).train()
+    x = torch.rand(1, 2, 36, 34, 30)
+    m = torch.zeros(1, 1, 36, 34, 30)
+    m[..., 12:20, 10:18, 8:14] = 1
+    out = model.training_step({"images": x, "mask": m}, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
