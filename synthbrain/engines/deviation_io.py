@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from synthbrain.errors import InputError
-from synthbrain.io.nifti import GridTransform, Volume, from_grid, grid_for, to_grid
+from synthbrain.io.nifti import GridTransform, Volume, grid_for, to_grid
 from synthbrain.io.validate import check_same_grid
 
 PERCENTILES = (0.5, 99.5)
@@ -222,16 +222,29 @@ def to_box(
 def from_box(subject: Subject, box: Box, edited: np.ndarray, contrasts: Sequence[str]):  # noqa: ANN201
     """Edited box [C, X, Y, Z] back on the source grid: input + Δ inside the mask, input elsewhere.
 
+    Δ is resampled only onto the source voxels of the mask's bounding box, so this step too
+    costs in proportion to the lesion, not to the scan.
+
     Returns:
         contrast -> float32 array with the source's shape (only the given contrasts).
     """
+    from synthbrain.io.nifti import resample_array, shift_affine
+
+    idx = np.argwhere(subject.mask)
+    start, stop = idx.min(0), idx.max(0) + 1
+    region = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+    sub_affine = subject.reference.affine @ shift_affine(start)
+    inside = subject.mask[region]
     out: dict[str, np.ndarray] = {}
     for i, name in enumerate(contrasts):
         vol = subject.volumes.get(name)
         if vol is None:
             continue
         lo, hi = box.windows[name]
-        delta = from_grid((edited[i] - box.x[i]).astype(np.float32), box.grid, order=1).data
-        source = np.asarray(vol.data, dtype=np.float32)
-        out[name] = np.where(subject.mask, source + delta * np.float32(hi - lo), source)
+        change = (edited[i] - box.x[i]).astype(np.float32)
+        delta = resample_array(change, box.grid.grid_affine, stop - start, sub_affine, order=1)
+        result = np.array(vol.data, dtype=np.float32, copy=True)
+        view = result[region]
+        view[inside] = view[inside] + delta[inside] * np.float32(hi - lo)
+        out[name] = result
     return out
