@@ -81,33 +81,50 @@ def _rotation(angles_deg: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def smooth_field(seed: int, shape: tuple[int, ...], node: int = 8) -> np.ndarray:
-    """Three smooth random fields [3, *shape] of unit-ish amplitude (coarse noise, cubic zoom)."""
+def smooth_field(seed: int, shape: tuple[int, ...], node: int = 8, channels: int = 3) -> np.ndarray:
+    """Smooth random fields [channels, *shape] of unit-ish amplitude (coarse noise, linear zoom)."""
     rng = np.random.default_rng(seed)
-    coarse = rng.standard_normal((3, *[max(2, s // node + 2) for s in shape]))
+    coarse = rng.standard_normal((channels, *[max(2, s // node + 2) for s in shape]))
     zoom = [s / c for s, c in zip(shape, coarse.shape[1:], strict=True)]
     window = tuple(slice(0, s) for s in shape)
-    return np.stack([ndimage.zoom(c, zoom, order=3)[window] for c in coarse])
+    return np.stack([ndimage.zoom(c, zoom, order=1)[window] for c in coarse]).astype(np.float32)
 
 
 def transform_mask(mask: np.ndarray, p: AnomalyParams, spacing: float) -> np.ndarray:
     """The source mask flipped, rotated and scaled about its centroid, shifted, deformed."""
     if not mask.any():
         return mask.astype(bool)
-    shape = mask.shape
     centre = np.array(ndimage.center_of_mass(mask))
     linear = _rotation(p.angles_deg) * p.scale
     if p.flip:
         linear = linear @ np.diag([-1.0, 1.0, 1.0])  # left-right mirror (RAS axis 0)
-    inverse = np.linalg.inv(linear)
+    offset = centre + np.asarray(p.shift_mm) / spacing
+    box = _moved_box(mask, centre, linear, offset, p.elastic_mm / spacing + 2.0)
+    shape = tuple(b.stop - b.start for b in box)
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    moved = grid - (centre + np.asarray(p.shift_mm) / spacing)[:, None]
-    coords = inverse @ moved + centre[:, None]
+    grid += np.array([b.start for b in box], np.float32)[:, None]
+    coords = np.linalg.inv(linear) @ (grid - offset[:, None]) + centre[:, None]
     if p.elastic_mm > 0:
         field = smooth_field(p.field_seed, shape).reshape(3, -1)
         coords = coords + field * (p.elastic_mm / spacing)
-    out = ndimage.map_coordinates(mask.astype(np.float32), coords, order=1, mode="constant")
-    return out.reshape(shape) > 0.5
+    values = ndimage.map_coordinates(mask.astype(np.float32), coords, order=1, mode="constant")
+    out = np.zeros(mask.shape, bool)
+    out[box] = values.reshape(shape) > 0.5
+    return out
+
+
+def _moved_box(mask, centre, linear, offset, margin: float) -> tuple[slice, ...]:  # noqa: ANN001
+    """The region (with a margin) that holds the transformed mask: where to evaluate it."""
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0) - 1, idx.max(0) + 1
+    corners = np.array(
+        [[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]
+    )
+    moved = (linear @ (corners - centre).T).T + offset
+    start = np.clip(np.floor(moved.min(0) - margin), 0, None).astype(int)
+    stop = np.minimum(np.ceil(moved.max(0) + margin) + 1, mask.shape).astype(int)
+    stop = np.maximum(stop, start + 1)
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
 
 
 def apply_anomaly(
@@ -128,7 +145,7 @@ def apply_anomaly(
         mask = (source_mask > 0) & (brain > 0)
     weight = np.clip(ndimage.gaussian_filter(mask.astype(np.float32), p.edge_sigma_vox), 0, 1)
     weight = np.maximum(weight, mask) * (brain > 0)
-    texture = 1.0 + p.texture * smooth_field(p.field_seed + 1, mask.shape, node=3)[0]
+    texture = 1.0 + p.texture * smooth_field(p.field_seed + 1, mask.shape, node=3, channels=1)[0]
     lesion = np.clip(healthy * p.ratio * texture, 0.0, 1.0)
     image = healthy * (1.0 - weight) + lesion * weight
     return image.astype(np.float32), mask.astype(np.uint8)
