@@ -191,3 +191,24 @@ def test_state_hooks_return_new_tensors(model):
 def test_substrate_steps_keep_the_stride():
     assert substrate_steps(50, 300, 1024) == 15
     assert substrate_steps(2, 300, 1024) == 2
+
+
+def test_anomaly_randomisation_is_replayable_and_lesion_like():
+    from synthbrain.engines.paired_data import apply_anomaly, draw_anomaly, transform_mask
+
+    brain = torch.zeros(20, 20, 20, dtype=torch.uint8)
+    brain[2:18, 2:18, 2:18] = 1
+    healthy = torch.full((1, 20, 20, 20), 0.8) * brain
+    source = torch.zeros(20, 20, 20, dtype=torch.bool)
+    source[6:12, 7:11, 8:13] = True
+    p = draw_anomaly(torch.Generator().manual_seed(1), 1, [0.4])
+    assert p == draw_anomaly(torch.Generator().manual_seed(1), 1, [0.4])
+    image, mask = apply_anomaly(healthy.numpy(), brain.numpy(), source.numpy(), p, 2.0)
+    again, mask2 = apply_anomaly(healthy.numpy(), brain.numpy(), source.numpy(), p, 2.0)
+    assert (image == again).all() and (mask == mask2).all()
+    assert mask.any() and not mask[brain.numpy() == 0].any()
+    inside = image[0][mask > 0].mean() / 0.8
+    assert 0.3 < inside < 0.6  # painted near the drawn lesion-to-tissue ratio
+    assert (image[0][brain.numpy() == 0] == 0).all()
+    moved = transform_mask(source.numpy(), p, 2.0)
+    assert 0.5 < moved.sum() / source.sum() < 2.5
