@@ -164,3 +164,11 @@ def test_scan_outside_template_space_is_refused(tmp_path, weights):
     with pytest.raises(InputError, match="MNI152"):
         api.heal(scan=scan, out=tmp_path / "h.nii.gz", weights=str(weights), steps=2,
                  in_template_space=True)  # fmt: skip
+
+
+def test_generate_nnunet_layout(tmp_path, weights):
+    out = tmp_path / "nn"
+    _gen(out, weights, n=1, layout="nnunet")
+    assert (out / "imagesTr").is_dir() and (out / "labelsTr").is_dir()
+    assert len(list((out / "imagesTr").glob("*_0000.nii.gz"))) == 1
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1
