@@ -101,6 +101,9 @@ def load_state(
     return dict(state)
 
 
+METADATA_KEY = "synthbrain"
+
+
 def save_state(
     state: Mapping[str, torch.Tensor],
     path: str | os.PathLike[str],
@@ -131,10 +134,13 @@ def save_state(
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         tensors[name] = tensor.contiguous().clone()  # safetensors refuses shared storage
-    meta = {"format": "pt", "synthbrain_version": json.dumps(__version__)}
-    meta.update({str(k): json.dumps(v) for k, v in (metadata or {}).items()})
+    meta = {"format": "pt", "synthbrain_version": __version__}
+    meta.update({str(k): v for k, v in (metadata or {}).items()})
+    # One key holding sorted JSON: safetensors keeps metadata in a hash map whose order varies
+    # between saves, so several keys would make identical weights hash differently.
+    packed = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
     with atomic_target(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=packed)
     return path
 
 
@@ -147,7 +153,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             raw = handle.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types
         raise WeightsError(f"not a valid safetensors file ({exc})", path) from None
-    out: dict[str, Any] = {}
+    if METADATA_KEY in raw:
+        return json.loads(raw[METADATA_KEY])
+    out: dict[str, Any] = {}  # files written before metadata was packed under one key
     for key, value in raw.items():
         try:
             out[key] = json.loads(value)
