@@ -78,7 +78,7 @@ def boxes(model, pair: dict) -> dict:  # noqa: ANN001
     return {"healthy": healthy, "true": true}
 
 
-def run_model(model, box, *, seed: int, variants: int, steps: int | None, heal_from=None):  # noqa: ANN001, ANN201
+def run_model(model, box, *, seed: int, variants: int, steps: int | None, eta=None, heal_from=None):  # noqa: ANN001, ANN201, E501
     """Implant `variants` lesions into `box` (and heal `heal_from`): box arrays [C, X, Y, Z]."""
     cfg = model.config
     xb, mb, zs, pad = box_batch(box.x, box.m, cfg.dims, model.multiple)
@@ -86,7 +86,7 @@ def run_model(model, box, *, seed: int, variants: int, steps: int | None, heal_f
     images, raws = [], []
     for v in range(variants):
         out = implant_tensors(model, xb, mb, a, element_generators(seed + v, xb.shape[0]),
-                              steps=steps)  # fmt: skip
+                              steps=steps, eta=eta)  # fmt: skip
         images.append(unbatch(box.x, out["image"], zs, pad))
         raw = out.get("raw")
         raws.append(None if raw is None else unbatch(box.x, raw, zs, pad))
@@ -184,7 +184,7 @@ def implant_all(args, k, dev, base, bx, shift, acc) -> dict:  # noqa: ANN001
     results = {}
     t0 = time.perf_counter()
     run = run_model(dev, bx["healthy"], seed=args.seed + 10 * k, variants=args.variants,
-                    steps=args.steps, heal_from=bx["true"])  # fmt: skip
+                    steps=args.steps, eta=args.eta, heal_from=bx["true"])  # fmt: skip
     acc["seconds"]["deviation"].append((time.perf_counter() - t0) / args.variants)
     results["deviation"] = run["images"]
     acc["heal_l1"]["f_sub"].append(float(np.abs(run["healed"] - x)[inside].mean()))
@@ -196,7 +196,7 @@ def implant_all(args, k, dev, base, bx, shift, acc) -> dict:  # noqa: ANN001
     if base is not None:
         t0 = time.perf_counter()
         brun = run_model(base, bx["healthy"], seed=args.seed + 10 * k, variants=args.variants,
-                         steps=args.steps)  # fmt: skip
+                         steps=args.steps, eta=args.eta)  # fmt: skip
         acc["seconds"]["image"].append((time.perf_counter() - t0) / args.variants)
         results["image"] = brun["images"]
         if brun["raws"][0] is None:
@@ -241,6 +241,7 @@ def _summarise(args, methods, shift, *, feats, tex, out_change, div, heal_l1, se
     }
     return {
         "subjects": args.n, "seed": args.seed, "variants": args.variants, "steps": args.steps,
+        "eta": args.eta,
         "weights": args.weights, "baseline": args.baseline, "mean_shift": shift.tolist(),
         "realism_auc": auc, "texture": texture,
         "outside_change": {k: mean(v) for k, v in out_change.items()},
@@ -291,6 +292,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000, help="held-out phantom run seed")
     parser.add_argument("--variants", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--eta", type=float, default=None, help="DDIM η (default: the weights')")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)

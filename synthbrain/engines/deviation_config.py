@@ -48,13 +48,14 @@ class Lambdas(BaseModel):
 
 
 class Sampling(BaseModel):
-    """Defaults of the reverse process at inference (DDIM as in the paper)."""
+    """Defaults of the reverse process at inference: DDIM (as the paper) with η = 1, i.e. fresh
+    noise at every step like the ancestral sampler of Alg. 2 (η = 0 is the deterministic DDIM)."""
 
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(default=25, ge=1)
     sampler: Literal["ddim", "ddpm", "dpm++"] = "ddim"
-    eta: float = Field(default=0.0, ge=0)
+    eta: float = Field(default=1.0, ge=0)
 
 
 class DeviationConfig(BaseModel):
