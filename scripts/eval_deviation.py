@@ -143,10 +143,10 @@ def slice_features(image: np.ndarray, m: np.ndarray, min_voxels: int = 10) -> li
 
 
 def diversity(images: list[np.ndarray], m: np.ndarray) -> float:
-    """Mean pairwise L1 inside the mask between variants (model units)."""
+    """Mean pairwise L1 inside the mask between variants (model units); 0 for one output."""
     pairs = list(itertools.combinations(images, 2))
     if not pairs:
-        return float("nan")
+        return 0.0
     inside = np.broadcast_to(m > 0, images[0].shape)
     return float(np.mean([np.abs(a - b)[inside].mean() for a, b in pairs]))
 
