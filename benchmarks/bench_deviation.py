@@ -57,6 +57,42 @@ def sphere(vols: dict[str, Volume], ml: float) -> np.ndarray:
     return ball
 
 
+def conv_macs(net: torch.nn.Module, *args: torch.Tensor) -> int:
+    """Multiply-accumulates of the convolutions and linear layers of one forward pass."""
+    total = [0]
+
+    def hook(module, _inputs, output) -> None:  # noqa: ANN001
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv3d):
+            per_out = module.in_channels // module.groups * module.weight[0, 0].numel()
+            total[0] += output.numel() * per_out
+        elif isinstance(module, torch.nn.Linear):
+            total[0] += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    with torch.no_grad():
+        net(*args)
+    for handle in handles:
+        handle.remove()
+    return total[0]
+
+
+def implant_gmacs(model, subject, steps: int) -> float:  # noqa: ANN001
+    """Machine-independent cost of one implant: f_sub once plus ε_θ once per step (GMAC)."""
+    from synthbrain.engines.deviation import box_batch
+    from synthbrain.engines.deviation_io import lesion_grid, to_box
+
+    cfg = model.config
+    grid = lesion_grid(subject, spacing=cfg.spacing, margin_mm=cfg.margin_mm,
+                       min_size=cfg.min_size, multiple=model.multiple, dims=cfg.dims)  # fmt: skip
+    box = to_box(subject, cfg.contrasts, grid)
+    xb, mb, _, _ = box_batch(box.x, box.m, cfg.dims, model.multiple)
+    c = cfg.n_contrasts
+    sub = conv_macs(model.substrate, torch.zeros(xb.shape[0], 2 * c + 1, *xb.shape[2:]))
+    t = torch.zeros(xb.shape[0], dtype=torch.long)
+    den = conv_macs(model.denoiser, torch.zeros(xb.shape[0], 3 * c + 1, *xb.shape[2:]), t)
+    return (sub + steps * den) / 1e9
+
+
 def time_implant(model, vols, ml: float, steps: int | None, repeats: int) -> dict:  # noqa: ANN001
     """Best-of-`repeats` seconds for one implant of a `ml` sphere (first run warms up)."""
     subject = subject_from_volumes(vols, sphere(vols, ml), next(iter(vols)))
@@ -66,7 +102,9 @@ def time_implant(model, vols, ml: float, steps: int | None, repeats: int) -> dic
         t0 = time.perf_counter()
         _, facts = edit_subject(model, subject, steps=steps, seed=r)
         times.append(time.perf_counter() - t0)
-    return {"ml": ml, "seconds": min(times), "box": facts["box"], "batch": facts["batch"]}
+    gmacs = implant_gmacs(model, subject, steps or model.config.sampling.steps)
+    return {"ml": ml, "seconds": min(times), "gmac": round(gmacs, 2), "box": facts["box"],
+            "batch": facts["batch"]}  # fmt: skip
 
 
 def time_generate(weights: str, lesion: str, n: int, device: str) -> float:
@@ -111,8 +149,8 @@ def run(args: argparse.Namespace, device: str) -> dict:
 
 def markdown(results: list[dict]) -> str:
     """One table: seconds per implant by lesion volume, image spacing and device."""
-    lines = ["| device | image | lesion ml | lesion box (voxels) | s / implant |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| device | image | lesion ml | lesion box (voxels) | GMAC / implant | s / implant |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for res in results:
         name = (
             f"{res['device']} ({res['threads']} threads)"
@@ -122,7 +160,8 @@ def markdown(results: list[dict]) -> str:
         for row in res["implant"]:
             image = "x".join(map(str, row["image_shape"])) + f" @ {row['image_spacing_mm']:g} mm"
             box = "x".join(map(str, row["box"]))
-            lines.append(f"| {name} | {image} | {row['ml']:g} | {box} | {row['seconds']:.2f} |")
+            cost = f"{row['gmac']:.1f} | {row['seconds']:.2f}"
+            lines.append(f"| {name} | {image} | {row['ml']:g} | {box} | {cost} |")
     lines.append("")
     for res in results:
         lines.append(f"- {res['device']}: {res['seconds_per_triplet']:.2f} s per generated triplet "

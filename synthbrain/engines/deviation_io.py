@@ -191,6 +191,34 @@ class Box:
     windows: dict[str, tuple[float, float]]
 
 
+def source_window(subject: Subject, grid: GridTransform) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The source voxels the lesion box covers (plus a 2-voxel rim) and that crop's affine."""
+    from synthbrain.io.nifti import shift_affine
+
+    ref = subject.reference
+    corners = np.array([[a, b, c] for a in (0, grid.grid_shape[0] - 1)
+                        for b in (0, grid.grid_shape[1] - 1)
+                        for c in (0, grid.grid_shape[2] - 1)], dtype=np.float64)  # fmt: skip
+    to_source = np.linalg.inv(ref.affine) @ grid.grid_affine
+    idx = corners @ to_source[:3, :3].T + to_source[:3, 3]
+    start = np.clip(np.floor(idx.min(0)).astype(int) - 2, 0, ref.shape)
+    stop = np.clip(np.ceil(idx.max(0)).astype(int) + 3, 0, ref.shape)
+    region = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    return region, ref.affine @ shift_affine(start)
+
+
+def healthy_sample(
+    subject: Subject, limit: int = 2_000_000
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """A regular subsample of the scan (≤ `limit` voxels) and its healthy-brain voxels, for
+    the intensity windows (percentiles need the whole brain, not all of its voxels)."""
+    size = int(np.prod(subject.reference.shape))
+    step = max(1, int(np.ceil((size / limit) ** (1.0 / 3.0))))
+    sample = (slice(None, None, step),) * 3
+    brain = np.any([v.data[sample] != 0 for v in subject.volumes.values()], axis=0)
+    return sample, brain & ~subject.mask[sample]
+
+
 def to_box(
     subject: Subject,
     contrasts: Sequence[str],
@@ -198,21 +226,26 @@ def to_box(
     *,
     windows=None,  # noqa: ANN001
 ) -> Box:
-    """Normalise each contrast (window from the brain outside the lesion) and resample."""
-    brain = brain_of(subject.volumes)
-    healthy = brain & ~subject.mask
+    """Normalise each contrast (window from the brain outside the lesion) and resample.
+
+    Only the source voxels under the box are normalised and resampled (and a subsample of the
+    scan sets the windows), so the cost follows the lesion box rather than the scan.
+    """
+    region, affine = source_window(subject, grid)
+    sample, healthy = healthy_sample(subject)
+    crops = {name: np.asarray(vol.data[region]) for name, vol in subject.volumes.items()}
+    brain = np.any([c != 0 for c in crops.values()], axis=0)
     x = np.zeros((len(contrasts), *grid.grid_shape), np.float32)
     available = np.zeros(len(contrasts), np.float32)
     found = dict(windows or {})
     for i, name in enumerate(contrasts):
-        vol = subject.volumes.get(name)
-        if vol is None:
+        if name not in crops:
             continue
-        lo, hi = found.setdefault(name, intensity_window(vol.data, healthy))
-        norm = Volume(normalise(vol.data, brain, lo, hi), vol.affine)
-        x[i] = to_grid(norm, grid, order=1)
+        data = subject.volumes[name].data[sample]
+        lo, hi = found.setdefault(name, intensity_window(data, healthy))
+        x[i] = to_grid(Volume(normalise(crops[name], brain, lo, hi), affine), grid, order=1)
         available[i] = 1.0
-    cover = to_grid(Volume(subject.mask.astype(np.float32), subject.reference.affine), grid)
+    cover = to_grid(Volume(subject.mask[region].astype(np.float32), affine), grid)
     m = cover >= 0.5
     if not m.any():  # a lesion smaller than half a model voxel: keep every voxel it touches
         m = cover > 0
