@@ -242,6 +242,7 @@ def enhance(
     register: Annotated[bool, typer.Option(help="Rigidly register T2 and FLAIR onto T1.")] = False,
     weights: Weights = None,
     steps: Steps = None,
+    sampler: Sampler = "ddim",
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -258,7 +259,7 @@ def enhance(
     report = _reporter(quiet, json_, progress)
     summary = api.enhance(
         subject=subject, t1=t1, t2=t2, flair=flair, out=out, mask_out=mask_out,
-        register=register, weights=weights, steps=steps, seed=seed, device=device,
+        register=register, weights=weights, steps=steps, sampler=sampler, seed=seed, device=device,
         overwrite=overwrite, reporter=report,
     )  # fmt: skip
     report.summary(summary)
