@@ -17,7 +17,6 @@ import numpy as np
 
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import GridTransform, Volume, grid_for, to_grid
-from synthbrain.io.validate import check_same_grid
 
 PERCENTILES = (0.5, 99.5)
 
@@ -61,71 +60,29 @@ def normalise(data: np.ndarray, brain: np.ndarray, lo: float, hi: float) -> np.n
     return (np.clip((data - lo) / (hi - lo), 0.0, 1.0) * brain).astype(np.float32)
 
 
-def assign_contrasts(
-    scan: Path | None, images: Mapping[str, Path] | None, wanted: Sequence[str]
-) -> tuple[dict[str, Path], str]:
-    """Which file holds which contrast, and the scan's own contrast.
+def subject_from_inputs(
+    images: Mapping[str, Volume], scan: Volume, mask: Volume, contrasts: Sequence[str]
+) -> Subject:
+    """A Subject from the contrasts edit_inputs already loaded and checked (files read once).
 
-    Without `images` the scan is the model's first contrast. With `images`, a scan listed among
-    them keeps that name; otherwise it takes the first model contrast `images` does not name.
+    Args:
+        images: contrast -> Volume on the scan's grid (EditInputs.images: the scan under its
+            --contrast name, then the --image contrasts).
+        scan: the positional scan (one of `images`); its contrast is the Subject's primary.
+        mask: the lesion mask on the scan's grid.
+        contrasts: the model's contrasts; any other name is refused.
+
+    Raises:
+        InputError: a contrast the weights do not take, or a mask that touches no brain voxel.
     """
-    given = {k.lower(): Path(v) for k, v in (images or {}).items()}
-    unknown = sorted(set(given) - set(wanted))
+    unknown = sorted(set(images) - set(contrasts))
     if unknown:
         raise InputError(
             f"contrast(s) {', '.join(unknown)} not known to these weights "
-            f"(they take {', '.join(wanted)})"
+            f"(they take {', '.join(contrasts)}; --contrast names the scan's own)"
         )
-    if scan is None:
-        if not given:
-            raise InputError("no image given")
-        return given, next(c for c in wanted if c in given)
-    for name, path in given.items():
-        if Path(path).resolve() == Path(scan).resolve():
-            return given, name
-    free = [c for c in wanted if c not in given]
-    if not free:
-        raise InputError(
-            f"the scan is not one of the --image files and every contrast "
-            f"({', '.join(wanted)}) is already given",
-            scan,
-        )
-    return {free[0]: Path(scan), **given}, free[0]
-
-
-def load_subject(
-    scan: Volume,
-    mask: Volume,
-    *,
-    scan_path: Path | None,
-    images: Mapping[str, Path] | None,
-    contrasts: Sequence[str],
-    resample: bool = False,
-) -> Subject:
-    """The scan, its other contrasts (checked on one grid, or resampled) and the edit mask.
-
-    Raises:
-        InputError: unknown contrast names, unreadable files, a contrast on another grid
-            (without `resample`), or a mask that touches no brain voxel.
-    """
-    from synthbrain.io.nifti import load_volume, resample_to
-
-    files, primary = assign_contrasts(scan_path, images, contrasts)
-    volumes: dict[str, Volume] = {}
-    for name, path in files.items():
-        if name == primary:
-            volumes[name] = scan
-            continue
-        vol = load_volume(path, kind="image")
-        if resample:
-            try:
-                check_same_grid(scan, vol, what=name)
-            except InputError:
-                vol = resample_to(vol, scan.shape, scan.affine, order=1)
-        else:
-            check_same_grid(scan, vol, what=name)
-        volumes[name] = vol
-    return subject_from_volumes(volumes, mask.data, primary, mask_path=mask.path)
+    primary = next((name for name, vol in images.items() if vol is scan), next(iter(images)))
+    return subject_from_volumes(dict(images), mask.data, primary, mask_path=mask.path)
 
 
 def subject_from_volumes(

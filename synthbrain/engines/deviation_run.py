@@ -23,7 +23,13 @@ from synthbrain.engines.deviation import (
     unbatch,
 )
 from synthbrain.engines.deviation_config import DeviationConfig
-from synthbrain.engines.deviation_io import Subject, from_box, lesion_grid, load_subject, to_box
+from synthbrain.engines.deviation_io import (
+    Subject,
+    from_box,
+    lesion_grid,
+    subject_from_inputs,
+    to_box,
+)
 from synthbrain.engines.deviation_model import DeviationModel
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
@@ -188,15 +194,13 @@ def write_outputs(subject: Subject, results: list[dict[str, np.ndarray]], paths:
 
 
 def _prepare(inputs: Any, options: dict[str, Any], command: str) -> tuple[Bundle, Subject]:
-    """Weights, then the subject (all contrasts checked) for an edit command."""
+    """Weights, then the subject from the contrasts `inputs` already loaded and checked."""
     if inputs.mask is None:
         raise InputError(f"the deviation engine needs --mask to {command} (the lesion's support)")
     bundle = load_bundle(options.get("weights"), lesion=options.get("lesion"),
                          device=options.get("device") or "auto")  # fmt: skip
-    subject = load_subject(
-        inputs.scan, inputs.mask, scan_path=inputs.scan.path, images=options.get("images"),
-        contrasts=bundle.model.config.contrasts, resample=bool(options.get("resample")),
-    )  # fmt: skip
+    images = inputs.images or {bundle.model.config.contrasts[0]: inputs.scan}
+    subject = subject_from_inputs(images, inputs.scan, inputs.mask, bundle.model.config.contrasts)
     return bundle, subject
 
 
@@ -218,8 +222,9 @@ def implant(inputs: Any, **options: Any) -> dict[str, Any]:
     """Implant K different lesions for the mask into the scan (and its other contrasts).
 
     Options (as the CLI names them): weights, variants (K), severity (s in [0, 2]), steps,
-    sampler, seed, device, images (contrast -> path), resample, overwrite, reporter, lesion
-    (which default weights: "tumor" or "stroke"), eta.
+    sampler, seed, device, overwrite, reporter, lesion (which registered weights when no
+    `weights`: "tumor" (default) or "stroke"), eta (DDIM η; default the weights' own, 1).
+    The contrasts are `inputs.images` (loaded and checked by edit_inputs.check_edit).
     Writes `out` (variant k > 0 as `<stem>_variant-<k>`, other contrasts as `<stem>_<contrast>`)
     and `<stem>_editmask`.
     """
@@ -248,8 +253,8 @@ def implant(inputs: Any, **options: Any) -> dict[str, Any]:
 def heal(inputs: Any, **options: Any) -> dict[str, Any]:
     """Write the substrate (the input off the mask, f_sub on it) as the healed scan.
 
-    Options: weights, device, images, resample, overwrite, reporter, lesion; the paired
-    engine's options (alpha0, k, t_start, steps, ...) are accepted and ignored.
+    Options: weights, device, overwrite, reporter, lesion; the contrasts are `inputs.images`.
+    (edit_inputs.check_edit refuses the paired engine's alpha0, k, t_start, steps.)
     """
     started = time.perf_counter()
     bundle, subject = _prepare(inputs, options, "heal")
