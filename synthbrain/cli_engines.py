@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,7 @@ from synthbrain.cli import (
     _reporter,
     app,
 )
+from synthbrain.edit_inputs import ENGINE_ONLY
 
 Engine = Annotated[str | None, typer.Option(help="paired | deviation (default: by command).")]
 Weights = Annotated[
@@ -44,6 +45,27 @@ Resample = Annotated[
 ]
 LabelOpt = Annotated[
     bool, typer.Option("--label", help="Accept a label map as mask (non-zero = lesion).")
+]
+InTemplateSpace = Annotated[
+    bool, typer.Option(help="The scan is already in MNI152 space: skip registration.")
+]
+Contrast = Annotated[str, typer.Option(help="Contrast of the positional scan.")]
+EditLesion = Annotated[
+    str | None,
+    typer.Option(
+        help="Use the registered weights for this lesion (deviation: tumor, stroke; default "
+        "tumor for deviation, stroke for paired). --weights wins; both together must agree.",
+        show_default=False,
+    ),
+]
+Severity = Annotated[float, typer.Option(help="Deviation scale in [0, 2].")]
+Eta = Annotated[
+    float | None,
+    typer.Option(
+        help="DDIM eta of the deviation engine: 1 fresh noise each step (its default), "
+        "0 deterministic.",
+        show_default=False,
+    ),
 ]
 
 
@@ -99,8 +121,34 @@ def train(
     report.summary(summary)
 
 
+# Options only some engines read: passed on only when given on the command line, so that
+# edit_inputs.check_engine_options can refuse them for an engine that does not read them.
+ENGINE_SPECIFIC = frozenset(key for table in ENGINE_ONLY.values() for key in table)
+
+
+def _call(ctx: typer.Context, command: str, values: dict[str, Any]) -> None:
+    """Run api.<command> with a command's parameters and print its summary.
+
+    Unset options (None) are not passed, so each engine keeps its own default.
+    """
+    from synthbrain import api
+
+    values = {k: v for k, v in values.items() if k != "ctx"}
+    report = _reporter(values.pop("quiet"), values.pop("json_"), values.pop("progress"))
+    if "image" in values:
+        values["images"] = _images(values.pop("image"))
+    # By name: Typer ships its own copy of click, so its enum is not click.core's.
+    defaulted = {k for k in values if getattr(ctx.get_parameter_source(k), "name", "") == "DEFAULT"}
+    kwargs = {
+        k: v for k, v in values.items()
+        if v is not None and not (k in ENGINE_SPECIFIC and k in defaulted)
+    }  # fmt: skip
+    report.summary(getattr(api, command)(**kwargs, reporter=report))
+
+
 @app.command()
 def generate(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Output folder.")],
     n: Annotated[int, typer.Option("--n", help="Number of triplets.")] = 10,
     lesion: Annotated[str, typer.Option(help="Lesion type, e.g. stroke, wmh, tumor.")] = "stroke",
@@ -109,6 +157,17 @@ def generate(
     batch_size: Annotated[int, typer.Option(help="Samples drawn together.")] = 1,
     steps: Steps = None,
     sampler: Sampler = "ddim",
+    eta: Eta = None,
+    severity: Annotated[
+        float, typer.Option(help="Deviation scale in [0, 2] (deviation engine).")
+    ] = 1.0,
+    variants: Annotated[
+        int,
+        typer.Option(
+            help="Lesions per anatomy and mask (deviation engine): K samples in a row share "
+            "one pair, each with its own seed."
+        ),
+    ] = 1,
     anatomy: Annotated[
         Path | None, typer.Option(help="Folder of healthy scans (deviation engine).")
     ] = None,
@@ -128,37 +187,28 @@ def generate(
 
     Example: synthbrain generate --n 500 --lesion stroke --out synth/
     """
-    from synthbrain import api
-
-    report = _reporter(quiet, json_, progress)
-    summary = api.generate(
-        out=out, n=n, lesion=lesion, engine=engine, weights=weights, batch_size=batch_size,
-        steps=steps, sampler=sampler, anatomy=anatomy, masks=masks, layout=layout,
-        preview=preview, shard=shard, seed=seed, device=device, overwrite=overwrite,
-        resume=resume, reporter=report,
-    )  # fmt: skip
-    report.summary(summary)
+    _call(ctx, "generate", locals())
 
 
 @app.command()
 def heal(
+    ctx: typer.Context,
     scan: Annotated[Path, typer.Argument(help="The scan to heal (NIfTI).")],
     out: Annotated[Path | None, typer.Option(help="Output file (default: <scan>_healed).")] = None,
     mask: MaskOpt = None,
     engine: Engine = None,
     weights: Weights = None,
+    lesion: EditLesion = None,
     alpha0: Annotated[float, typer.Option(help="ACG strength α0.")] = 20.0,
     k: Annotated[float, typer.Option("--k", help="ACG decay k.")] = 0.5,
     t_start: Annotated[int | None, typer.Option(help="Edit start step (default 300).")] = None,
     steps: Steps = None,
     sampler: Sampler = "ddim",
-    in_template_space: Annotated[
-        bool, typer.Option(help="The scan is already in MNI152 space: skip registration.")
-    ] = False,
+    in_template_space: InTemplateSpace = False,
     resample_mask: ResampleMask = False,
     label: LabelOpt = False,
     image: Images = None,
-    contrast: Annotated[str, typer.Option(help="Contrast of the positional scan.")] = "t1",
+    contrast: Contrast = "t1",
     resample: Resample = False,
     seed: Seed = 0,
     device: Device = "auto",
@@ -171,38 +221,28 @@ def heal(
 
     Example: synthbrain heal sub-01_T1w.nii.gz --out sub-01_healed.nii.gz
     """
-    from synthbrain import api
-
-    report = _reporter(quiet, json_, progress)
-    summary = api.heal(
-        scan=scan, out=out, mask=mask, engine=engine, weights=weights, alpha0=alpha0, k=k,
-        t_start=t_start, steps=steps, sampler=sampler, in_template_space=in_template_space,
-        resample_mask=resample_mask, label=label, images=_images(image), contrast=contrast,
-        resample=resample,
-        seed=seed, device=device,
-        overwrite=overwrite, reporter=report,
-    )  # fmt: skip
-    report.summary(summary)
+    _call(ctx, "heal", locals())
 
 
 @app.command()
 def implant(
+    ctx: typer.Context,
     scan: Annotated[Path, typer.Argument(help="The healthy scan (NIfTI).")],
     mask: Annotated[Path, typer.Option(help="Lesion mask to implant (NIfTI).")],
     out: Annotated[Path | None, typer.Option(help="Output file (default: <scan>_implant).")] = None,
     engine: Engine = None,
     weights: Weights = None,
+    lesion: EditLesion = None,
     variants: Annotated[int, typer.Option(help="Different lesions for the same mask.")] = 1,
-    severity: Annotated[float, typer.Option(help="Deviation scale in [0, 2].")] = 1.0,
+    severity: Severity = 1.0,
     steps: Steps = None,
     sampler: Sampler = "ddim",
-    in_template_space: Annotated[
-        bool, typer.Option(help="The scan is already in MNI152 space: skip registration.")
-    ] = False,
+    eta: Eta = None,
+    in_template_space: InTemplateSpace = False,
     resample_mask: ResampleMask = False,
     label: LabelOpt = False,
     image: Images = None,
-    contrast: Annotated[str, typer.Option(help="Contrast of the positional scan.")] = "t1",
+    contrast: Contrast = "t1",
     resample: Resample = False,
     seed: Seed = 0,
     device: Device = "auto",
@@ -215,18 +255,7 @@ def implant(
 
     Example: synthbrain implant healthy.nii.gz --mask lesion.nii.gz --out with_lesion.nii.gz
     """
-    from synthbrain import api
-
-    report = _reporter(quiet, json_, progress)
-    summary = api.implant(
-        scan=scan, mask=mask, out=out, engine=engine, weights=weights, variants=variants,
-        severity=severity, steps=steps, sampler=sampler, in_template_space=in_template_space,
-        resample_mask=resample_mask, label=label, images=_images(image), contrast=contrast,
-        resample=resample,
-        seed=seed, device=device,
-        overwrite=overwrite, reporter=report,
-    )  # fmt: skip
-    report.summary(summary)
+    _call(ctx, "implant", locals())
 
 
 @app.command()

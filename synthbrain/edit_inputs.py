@@ -83,34 +83,41 @@ def check_edit(
     overwrite: bool = False,
     resample_mask: bool = False,
     label: bool = False,
-    severity: float = 1.0,
+    severity: float | None = None,
     variants: int = 1,
     images: dict[str, Path] | None = None,
     contrast: str = "t1",
     resample: bool = False,
-    **_: Any,
+    lesion: str | None = None,
+    weights: str | None = None,
+    **options: Any,
 ) -> EditInputs:
-    """Validate heal/implant inputs: readable scan, binary mask on its grid, a safe output path."""
+    """Validate heal/implant inputs: readable scan, binary mask on its grid, a safe output path.
+
+    Options the api was not given are absent (or None); one that the engine does not read is an
+    error (see ENGINE_ONLY), as is a --lesion that disagrees with --weights.
+    """
     from synthbrain import engines
     from synthbrain.io.nifti import load_volume
     from synthbrain.io.validate import require_nonempty_mask
 
     engines.check_name(engine)
-    if command == "implant" and not 0.0 <= severity <= 2.0:
-        raise InputError(f"--severity must lie in [0, 2], got {severity}")
+    check_engine_options(engine, command, {"severity": severity, **options})
+    check_severity(severity)
     if variants < 1:
         raise InputError(f"--variants must be at least 1, got {variants}")
+    check_lesion(engine, lesion, weights)
     image = load_volume(scan, kind="image")
-    lesion = None
+    mask_volume = None
     if mask is not None:
-        lesion = load_mask_for(image, mask, resample_mask=resample_mask, label=label)
+        mask_volume = load_mask_for(image, mask, resample_mask=resample_mask, label=label)
         if command == "implant":
-            require_nonempty_mask(lesion, mask)
+            require_nonempty_mask(mask_volume, mask)
     volumes = load_contrasts(image, contrast, images or {}, resample=resample)
     suffix = "healed" if command == "heal" else "implant"
     target = Path(out) if out is not None else Path.cwd() / f"{stem(scan)}_{suffix}.nii.gz"
     target = check_output_file(target, [scan, mask, *(images or {}).values()], overwrite)
-    return EditInputs(scan=image, mask=lesion, out=target, images=volumes)
+    return EditInputs(scan=image, mask=mask_volume, out=target, images=volumes)
 
 
 def load_contrasts(scan, contrast: str, extra: dict[str, Path], *, resample: bool) -> dict:  # noqa: ANN001
@@ -139,18 +146,92 @@ def load_contrasts(scan, contrast: str, extra: dict[str, Path], *, resample: boo
 
 def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: bool = False,
                    n: int = 1, batch_size: int = 1, anatomy: Path | None = None,
-                   masks: Path | None = None, **_: Any) -> None:  # fmt: skip
+                   masks: Path | None = None, severity: float | None = None,
+                   variants: int | None = None, **options: Any) -> None:  # fmt: skip
     """Validate generate's options and output folder before the engine runs."""
     from synthbrain import engines
 
     engines.check_name(engine)
-    if n < 1 or batch_size < 1:
-        raise InputError("--n and --batch-size must be at least 1")
+    given = {"anatomy": anatomy, "severity": severity, "variants": variants, **options}
+    check_engine_options(engine, "generate", given)
+    check_severity(severity)
+    if n < 1 or batch_size < 1 or (variants is not None and variants < 1):
+        raise InputError("--n, --batch-size and --variants must be at least 1")
     for folder, option in ((anatomy, "--anatomy"), (masks, "--masks")):
         if folder is not None and not Path(folder).is_dir():
             raise InputError(f"{option} must be a folder of NIfTI files", folder)
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError("output exists and is not a folder", out)
+
+
+# Options only some engines read, per command: api keyword -> (CLI flag, the engines that read it).
+# Giving one to another engine is an error rather than an option silently ignored.
+ENGINE_ONLY: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
+    "implant": {
+        "severity": ("--severity", ("deviation",)),
+        "eta": ("--eta", ("deviation",)),
+        "in_template_space": ("--in-template-space", ("paired",)),
+    },
+    "heal": {
+        "alpha0": ("--alpha0", ("paired",)),
+        "k": ("--k", ("paired",)),
+        "t_start": ("--t-start", ("paired",)),
+        "steps": ("--steps", ("paired",)),  # the deviation engine heals in one pass (f_sub)
+        "in_template_space": ("--in-template-space", ("paired",)),
+    },
+    "generate": {
+        "severity": ("--severity", ("deviation",)),
+        "variants": ("--variants", ("deviation",)),
+        "eta": ("--eta", ("deviation",)),
+        "anatomy": ("--anatomy", ("deviation",)),
+    },
+}
+
+
+def check_engine_options(engine: str, command: str, options: dict[str, Any]) -> None:
+    """Refuse an option the engine does not read (given: not None, and not a False flag)."""
+    for key, (flag, readers) in ENGINE_ONLY.get(command, {}).items():
+        value = options.get(key)
+        if value is not None and value is not False and engine not in readers:
+            raise InputError(
+                f"{flag} does not apply to `{command} --engine {engine}` "
+                f"(only to --engine {' or '.join(readers)}); drop it or change the engine"
+            )
+
+
+def check_severity(severity: float | None) -> None:
+    """A severity s in [0, 2] (x = x_sub + s·S·r: 0 = no deviation, 1 = as drawn)."""
+    if severity is not None and not 0.0 <= float(severity) <= 2.0:
+        raise InputError(f"--severity must lie in [0, 2], got {severity}")
+
+
+def weights_lesion(weights: str) -> str | None:
+    """The lesion a registry name or weights file was trained for (None if it does not say)."""
+    from synthbrain import weights as registry
+
+    if Path(weights).expanduser().is_file():
+        config = registry.read_metadata(Path(weights).expanduser()).get("config")
+        return config.get("lesion") if isinstance(config, dict) else None
+    entry = registry.registry().get(str(weights))
+    return entry.lesion if entry is not None else None  # an unknown name fails when loaded
+
+
+def check_lesion(engine: str, lesion: str | None, weights: str | None) -> None:
+    """--lesion picks the engine's registered weights for that lesion; --weights wins, and the
+    two together must agree (else an error, not a silent choice)."""
+    from synthbrain import weights as registry
+
+    if lesion is None:
+        return
+    if weights is None:
+        registry.entry_for_lesion(engine, lesion)  # unknown: lists the lesions there are
+        return
+    theirs = weights_lesion(weights)
+    if theirs is not None and theirs != lesion:
+        raise InputError(
+            f"--weights {weights} is for lesion {theirs!r} but --lesion is {lesion!r}; "
+            "give one of the two"
+        )
 
 
 BRATS_PATTERNS = {
