@@ -103,7 +103,7 @@ def check_edit(
 
     engines.check_name(engine)
     check_engine_options(engine, command, {"severity": severity, **options})
-    check_severity(severity)
+    check_severity(severity, options.get("eta"))
     if variants < 1:
         raise InputError(f"--variants must be at least 1, got {variants}")
     check_lesion(engine, lesion, weights)
@@ -154,7 +154,7 @@ def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: b
     engines.check_name(engine)
     given = {"anatomy": anatomy, "severity": severity, "variants": variants, **options}
     check_engine_options(engine, "generate", given)
-    check_severity(severity)
+    check_severity(severity, options.get("eta"))
     if n < 1 or batch_size < 1 or (variants is not None and variants < 1):
         raise InputError("--n, --batch-size and --variants must be at least 1")
     for folder, option in ((anatomy, "--anatomy"), (masks, "--masks")):
@@ -199,10 +199,12 @@ def check_engine_options(engine: str, command: str, options: dict[str, Any]) -> 
             )
 
 
-def check_severity(severity: float | None) -> None:
-    """A severity s in [0, 2] (x = x_sub + s·S·r: 0 = no deviation, 1 = as drawn)."""
+def check_severity(severity: float | None, eta: float | None = None) -> None:
+    """A severity s in [0, 2] (x = x_sub + s·S·r: 0 = no deviation, 1 = as drawn); eta ≥ 0."""
     if severity is not None and not 0.0 <= float(severity) <= 2.0:
         raise InputError(f"--severity must lie in [0, 2], got {severity}")
+    if eta is not None and float(eta) < 0.0:
+        raise InputError(f"--eta must be at least 0, got {eta}")
 
 
 def weights_lesion(weights: str) -> str | None:

@@ -106,6 +106,18 @@ def test_implant_several_contrasts_share_one_lesion(tmp_path, weights):
     assert np.array_equal(f_out[~m], f_in[~m]) and np.abs(f_out - f_in)[m].max() > 0
 
 
+def test_implant_reads_each_file_once(tmp_path, weights, monkeypatch):
+    import synthbrain.io.nifti as nifti
+
+    t1, flair, mask = scan_files(tmp_path, AFFINE_LPS)
+    read, original = [], nifti.load_volume
+    monkeypatch.setattr(
+        nifti, "load_volume", lambda path, **kw: read.append(path) or original(path, **kw)
+    )
+    implant(t1, mask, tmp_path / "o.nii.gz", weights, images={"flair": flair})
+    assert sorted(map(str, read)) == sorted(map(str, (t1, mask, flair)))
+
+
 def test_implant_contrast_grids(tmp_path, weights):
     t1, _, mask = scan_files(tmp_path, AFFINE_LPS)
     other = centred(AFFINE_OBLIQUE, SHAPE)

@@ -218,6 +218,12 @@ def _summary(bundle: Bundle, subject: Subject, written: list, started: float, **
     }  # fmt: skip
 
 
+def _eta(bundle: Bundle, options: dict[str, Any]) -> float:
+    """The DDIM η the sampler used: --eta, else the weights' own default."""
+    eta = options.get("eta")
+    return float(bundle.model.config.sampling.eta if eta is None else eta)
+
+
 def implant(inputs: Any, **options: Any) -> dict[str, Any]:
     """Implant K different lesions for the mask into the scan (and its other contrasts).
 
@@ -247,7 +253,7 @@ def implant(inputs: Any, **options: Any) -> dict[str, Any]:
 
     seeds = [derive_seed(seed, k) for k in range(variants)]
     return _summary(bundle, subject, written, started, variants=variants, severity=severity,
-                    seed=seed, variant_seeds=seeds, **facts)  # fmt: skip
+                    seed=seed, variant_seeds=seeds, eta=_eta(bundle, options), **facts)  # fmt: skip
 
 
 def heal(inputs: Any, **options: Any) -> dict[str, Any]:
