@@ -14,14 +14,14 @@ below forward to them so `synthbrain.engines.load("paired")` finds them here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from synthbrain.diffusion import Schedule, make_schedule, q_sample
+from synthbrain.diffusion import Schedule, make_schedule, q_sample, to_x0_eps, v_from_x0_eps
 from synthbrain.nets import KLAutoencoder, UNet, autoencoder_loss
 
 STAGES = ("autoencoder", "diffusion")
@@ -45,6 +45,10 @@ class PairedConfig(BaseModel):
             encoder mean, measured on the training latents (unit variance for the diffusion).
         lesion_sign: +1 when lesions are brighter than the tissue they replace, −1 darker,
             measured on the training set (used by evaluation and reported in the manifest).
+        prediction: what both sub-models output: "eps" (USB, Eq. 10–11) or "v"
+            (v = √ᾱ ε − √(1−ᾱ) x0). With ε the network must reproduce its noisy input at high
+            noise, which a short-trained U-Net does badly (an error floor that x̂0 amplifies by
+            1/√ᾱ); with v that regime is a near-constant output (docs/paired.md).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -66,6 +70,7 @@ class PairedConfig(BaseModel):
     latent_shift: list[float] | None = None
     latent_scale: list[float] | None = None
     lesion_sign: float = -1.0
+    prediction: Literal["eps", "v"] = "eps"
 
     @model_validator(mode="after")
     def _check(self) -> PairedConfig:
@@ -210,18 +215,23 @@ class PairedModel(nn.Module):
 
     # ------------------------------------------------------------------ branches
 
-    def lesion_eps(self, x_t: Tensor, y_t: Tensor, t: Tensor) -> Tensor:
-        """ε^x_θ(x_t, y_t, t): the lesion branch, conditioned on y_t (the paper's ŷ0 proxy)."""
+    def lesion_out(self, x_t: Tensor, y_t: Tensor, t: Tensor) -> Tensor:
+        """The lesion branch (ε^x_θ or v^x_θ)(x_t, y_t, t), conditioned on y_t (ŷ0 proxy)."""
         return self._each(self.eps_x, torch.cat([x_t, y_t], dim=1), t)
 
-    def brain_eps(self, y_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
-        """ε^y_θ(y_t, x̂0, t): the brain branch, conditioned on the lesion estimate."""
+    def brain_out(self, y_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """The brain branch (ε^y_θ or v^y_θ)(y_t, x̂0, t), conditioned on the lesion estimate."""
         return self._each(self.eps_y, torch.cat([y_t, x0], dim=1), t)
 
-    def x0_from(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """One-step estimate x̂0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t (Suppl. C.3)."""
-        abar = self.schedule.abar(t, x_t)
-        return (x_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+    def x0_from(self, x_t: Tensor, t: Tensor, out: Tensor) -> Tensor:
+        """One-step estimate x̂0 of a branch output (Suppl. C.3 for ε)."""
+        return to_x0_eps(self.schedule, x_t, t, out, self.config.prediction)[0]
+
+    def target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The regression target of a branch: ε, or v = √ᾱ_t ε − √(1−ᾱ_t) x0."""
+        if self.config.prediction == "eps":
+            return noise
+        return v_from_x0_eps(self.schedule, x0, t, noise)
 
     # ------------------------------------------------------------------ training
 
@@ -254,16 +264,18 @@ class PairedModel(nn.Module):
         noise_y = _randn(y0, generator)
         x_t = q_sample(self.schedule, x0, t, noise_x)  # Eq. 4
         y_t = q_sample(self.schedule, y0, t, noise_y)  # Eq. 5
-        eps_x = self.lesion_eps(x_t, y_t, t)
+        out_x = self.lesion_out(x_t, y_t, t)
         # The brain branch sees the lesion branch's one-step estimate (detached: the two
         # sub-models co-evolve without back-propagating through each other) or the true x0.
-        x0_hat = self.x0_from(x_t, t, eps_x.detach()).clamp(-1.0, 1.0)
+        x0_hat = self.x0_from(x_t, t, out_x.detach()).clamp(-1.0, 1.0)
         u = torch.rand((b,), generator=generator, device=generator.device).to(y0.device)
         use_true = (u < self.p_true_condition).reshape(b, 1, 1, 1, 1)
         condition = torch.where(use_true, x0, x0_hat)
-        eps_y = self.brain_eps(y_t, condition, t)
-        loss_x = F.mse_loss(eps_x.float(), noise_x.float())  # Eq. 10
-        loss_y = F.mse_loss(eps_y.float(), noise_y.float())  # Eq. 11
+        out_y = self.brain_out(y_t, condition, t)
+        target_x = self.target(x0, t, noise_x)
+        target_y = self.target(y0, t, noise_y)
+        loss_x = F.mse_loss(out_x.float(), target_x.float())  # Eq. 10 (ε) or its v form
+        loss_y = F.mse_loss(out_y.float(), target_y.float())  # Eq. 11
         return {"loss": loss_x + loss_y, "loss_lesion": loss_x, "loss_brain": loss_y}
 
 

@@ -73,12 +73,12 @@ class PairedDenoiser:
         x_t, y_t = state[:, : self.cx], state[:, self.cx :]
         with autocast_for(state.device, self.precision):
             if self.x_fixed is None:
-                eps_x = m.lesion_eps(x_t, y_t, t).float()
-                x0 = m.x0_from(x_t, t, eps_x).clamp(-1.0, 1.0)  # Suppl. C.3
+                out_x = m.lesion_out(x_t, y_t, t).float()
+                x0 = m.x0_from(x_t, t, out_x).clamp(-1.0, 1.0)  # Suppl. C.3
             else:
                 x0 = self.x_fixed
-            eps_y = m.brain_eps(y_t, x0.to(y_t.dtype), t).float()
-        y0 = m.x0_from(y_t, t, eps_y)
+            out_y = m.brain_out(y_t, x0.to(y_t.dtype), t).float()
+        y0 = m.x0_from(y_t, t, out_y)
         x0_all = torch.cat([x0.to(state.dtype), y0.to(state.dtype)], dim=1)
         # ε̂ consistent with the (clamped / fixed) x̂0, so the update lands on it exactly.
         return x0_all, eps_from_x0(schedule, state, t, x0_all)

@@ -31,7 +31,9 @@ class StageSettings(TrainConfig):
     steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=4, ge=1)
     crop: int = Field(default=32, ge=8)  # autoencoder crops (voxels per side)
-    weights: str | None = None  # autoencoder: reuse a trained one (a paired weights file)
+    # A paired weights file: the autoencoder stage reuses its autoencoder (no training); the
+    # diffusion stage starts both sub-models from its sub-models (fine-tuning).
+    weights: str | None = None
     p_true_condition: float = Field(default=0.5, ge=0, le=1)
 
 
@@ -214,6 +216,20 @@ def load_autoencoder(model: PairedModel, path: Path) -> None:
         raise InputError(problem, path) from None
 
 
+def load_denoisers(model: PairedModel, path: Path) -> None:
+    """Copy both sub-models (keys `eps_x.*`, `eps_y.*`) of a paired weights file into `model`."""
+    from synthbrain.weights import load_state, resolve
+
+    state = load_state(resolve(str(path)))
+    nets = {k: v.float() for k, v in state.items() if k.startswith(("eps_x.", "eps_y."))}
+    if not nets:
+        raise InputError("no sub-model weights (eps_x.*, eps_y.*) in the file", path)
+    missing, unexpected = model.load_state_dict(nets, strict=False)
+    wrong = [k for k in missing if k.startswith(("eps_x.", "eps_y."))] + list(unexpected)
+    if wrong:
+        raise InputError(f"sub-model weights do not fit the [model] settings: {wrong[:3]}", path)
+
+
 def _latents(
     model: PairedModel, data: Path, cfg: PairedTrainConfig, out: Path, resume: bool, rep: Reporter
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
@@ -253,6 +269,9 @@ def _stage_diffusion(
     train_set = LatentDataset(z[n_val:], x[n_val:]) if n_val else LatentDataset(z, x)
     val_set = LatentDataset(z[:n_val], x[:n_val]) if n_val else None
     settings = cfg.diffusion.model_copy(update={"num_workers": 0})  # the data is in memory
+    if settings.weights:  # a checkpoint, when resuming, replaces these
+        load_denoisers(model, Path(settings.weights))
+        rep.info(f"diffusion: sub-models start from {settings.weights}")
     rep.info(f"diffusion: {settings.steps} steps on {len(train_set)} latent examples")
     return fit(
         model, train_set, val_set, _train_config(settings), out, resume=resume,
