@@ -100,6 +100,7 @@ class H5Writer:
         label_convention: one of ``LABEL_CONVENTIONS``.
         compression: "lzf" (fast, default) or "gzip".
         overwrite: replace an existing file at `path` (else InputError).
+        extra_attrs: further global string attributes (e.g. ``{"space": "template"}``).
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class H5Writer:
         label_convention: str,
         compression: str = "lzf",
         overwrite: bool = False,
+        extra_attrs: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
@@ -134,6 +136,7 @@ class H5Writer:
         attrs["spacing"] = json.dumps(self.spacing)
         attrs["grid"] = json.dumps(self.grid)
         attrs["label_names"] = json.dumps({str(k): int(v) for k, v in label_names.items()})
+        attrs.update({str(k): str(v) for k, v in (extra_attrs or {}).items()})
         self._subjects = self._h5.create_group("subjects")
         self._brain_z: dict[str, np.ndarray] = {}
 
