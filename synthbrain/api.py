@@ -137,6 +137,7 @@ def preprocess(
             layout=config.layout,
             spacing=config.spacing,
             grid=config.grid,
+            space=config.space,
             n4=config.n4,
             contrasts=config.contrasts,
             split=config.split,

@@ -188,6 +188,13 @@ def preprocess(
     grid: Annotated[
         str | None, typer.Option(help="Target grid, e.g. 160,192,160 (default: fits the brain).")
     ] = None,
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help="native (default): each brain centred on its grid. template: registered to "
+            "MNI152 onto the paired engine's template grid (needed to train paired)."
+        ),
+    ] = None,
     n4: Annotated[bool, typer.Option(help="N4 bias-field correction (SimpleITK).")] = False,
     contrasts: Annotated[str | None, typer.Option(help="Keep only these contrasts.")] = None,
     split: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.8,0.1,0.1",
@@ -216,6 +223,7 @@ def preprocess(
             "layout": layout,
             "spacing": spacing,
             "grid": _ints(grid, "--grid"),
+            "space": space,
             "n4": n4,
             "contrasts": _csv(contrasts),
             "split": _floats(split, "--split"),

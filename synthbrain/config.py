@@ -57,6 +57,7 @@ class PreprocessConfig(RunConfig):
     layout: Literal["auto", "brats", "atlas", "healthy", "csv"] = "auto"
     spacing: float = Field(default=1.0, gt=0)
     grid: tuple[int, int, int] | None = None
+    space: Literal["native", "template"] = "native"
     n4: bool = False
     contrasts: tuple[str, ...] | None = None
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)

@@ -1,9 +1,14 @@
 """The per-subject preprocessing pipeline: load and check, N4, brain mask, model grid, intensities.
 
 Pure functions of one subject's files, run in worker processes by `synthbrain.preprocess`; this
-module imports no torch so workers start fast. Resampling goes from each scan straight onto the
-RAS-aligned model grid (`grid_for` + `to_grid`): reorientation, resampling to the spacing and the
-crop/pad happen in one interpolation.
+module imports no torch so workers start fast (template space loads the template, and with it
+torch, once per worker). Resampling goes from each scan straight onto the RAS-aligned model grid
+(`grid_for` + `to_grid`): reorientation, resampling to the spacing and the crop/pad happen in one
+interpolation.
+
+Two spaces: "native" centres the grid on each subject's brain; "template" registers the subject
+affinely to the MNI152 T1 template exactly as heal / implant do (`scan_to_grid`) and resamples it
+onto the paired engine's template grid (`template_arrays`), through the same single interpolation.
 """
 
 from __future__ import annotations
@@ -17,10 +22,15 @@ from scipy import ndimage
 
 from synthbrain.cohorts import SubjectFiles
 from synthbrain.errors import InputError
-from synthbrain.io.nifti import Volume, grid_for, load_volume, to_grid
+from synthbrain.io.nifti import GridTransform, Volume, grid_for, load_volume, to_grid
 
 PERCENTILES = (0.5, 99.5)
 GRID_ATOL_MM = 1e-3  # affines closer than this describe the same grid (float noise in headers)
+SPACES = ("native", "template")
+# A registered T1 brain against the template T1 inside the template brain: real T1s score well
+# above this, noise that registration shaped into a brain-sized blob scores about 0.
+MIN_T1_CORRELATION = 0.3
+REGISTRATION_SEED = 0  # the metric's sampling seed: registrations independent of the split seed
 
 
 @dataclass
@@ -182,21 +192,33 @@ def process_subject(
     spacing: float,
     grid: Sequence[int],
     *,
+    space: str = "native",
     n4: bool = False,
     n4_shrink: int = 4,
     n4_iterations: Sequence[int] = (50, 50, 30),
 ) -> dict[str, Any]:
-    """One subject on the model grid: the arguments of `H5Writer.add_subject` (as a dict)."""
+    """One subject on the model grid: the arguments of `H5Writer.add_subject` (as a dict).
+
+    `space` "native" centres the grid on the subject's brain; "template" registers the subject to
+    MNI152 (`register_subject`) and puts it on the template grid of (`spacing`, `grid`).
+    """
     sub = load_subject(files, contrasts)
     ref = sub.reference
-    center, _ = brain_geometry(sub.brain_mask, ref.affine)
-    tf = grid_for(ref, spacing, tuple(grid), center=center)
+    world, registration = np.eye(4), None
+    if space == "template":
+        tf, registration = register_subject(sub, spacing, grid)
+        world = np.asarray(registration["world"])
+    else:
+        center, _ = brain_geometry(sub.brain_mask, ref.affine)
+        tf = grid_for(ref, spacing, tuple(grid), center=center)
+    # Every file shares the reference's grid; `world` moves it into template space (or not at all).
+    placed = world @ ref.affine
     # Linear + threshold rather than nearest: no ties where grid points fall between voxels,
     # so a scan gives the same mask whatever its storage orientation.
-    mask_grid = to_grid(Volume(sub.brain_mask.astype(np.float32), ref.affine), tf, order=1) >= 0.5
+    mask_grid = to_grid(Volume(sub.brain_mask.astype(np.float32), placed), tf, order=1) >= 0.5
     labels = None
     if sub.labels is not None:
-        labels = to_grid(Volume(sub.labels, ref.affine), tf, order=0)
+        labels = to_grid(Volume(sub.labels, placed), tf, order=0)
         mask_grid |= labels > 0
     channels, intensity = [], {}
     for c, vol in sub.images.items():
@@ -208,7 +230,7 @@ def process_subject(
         lo, hi = intensity_range(data, sub.brain_mask)
         if hi <= lo:
             raise InputError("image is constant inside the brain mask", vol.path)
-        on_grid = to_grid(Volume(data, vol.affine), tf, order=1)
+        on_grid = to_grid(Volume(data, world @ vol.affine), tf, order=1)
         channels.append(scale_intensity(on_grid, lo, hi) * mask_grid)
         intensity[c] = {"lo": lo, "hi": hi}
     attrs = {
@@ -221,7 +243,10 @@ def process_subject(
         "lesion_type": files.lesion_type,
         "source": files.source,
         "n4": n4,
+        "space": space,
     }
+    if registration is not None:
+        attrs["registration"] = registration
     return {
         "subject_id": files.id,
         "images": np.stack(channels).astype(np.float32),
@@ -229,6 +254,64 @@ def process_subject(
         "labels": labels,
         "attrs": attrs,
     }
+
+
+def register_subject(
+    sub: LoadedSubject, spacing: float, grid: Sequence[int]
+) -> tuple[GridTransform, dict[str, Any]]:
+    """Register a subject's brain to the MNI152 T1 as heal does; (transform, JSON-able facts).
+
+    The registered image is the T1 (else the first contrast) inside the subject's brain mask, so
+    skull and neck do not pull it off the skull-stripped template. InputError when the
+    registration fails its sanity checks, or a registered T1 does not resemble the template.
+    """
+    from synthbrain.engines.paired_edit import scan_to_grid, template_arrays
+
+    contrast = "t1" if "t1" in sub.images else next(iter(sub.images))
+    vol = sub.images[contrast]
+    brain_only = Volume(vol.data * sub.brain_mask, vol.affine, vol.header, vol.path)
+    try:
+        sg = scan_to_grid(
+            [brain_only], spacing, tuple(grid), in_template_space=False, seed=REGISTRATION_SEED
+        )
+    except InputError as err:
+        # heal's hint (--in-template-space) is no option of preprocess: keep the diagnosis only.
+        why = err.problem.split("; if the scan is already")[0]
+        raise InputError(
+            f"{why}; is it a brain scan with the right brain mask?", err.path
+        ) from None
+    reg = sg.registration
+    assert reg is not None
+    t1, brain, _ = template_arrays(spacing, tuple(grid))
+    inside = brain > 0
+    r = float(np.corrcoef(sg.image[0][inside], t1[inside])[0, 1])
+    r = r if np.isfinite(r) else 0.0
+    if contrast in ("t1", "t1gd") and r < MIN_T1_CORRELATION:
+        raise InputError(
+            "cannot register the scan to the MNI152 template: after registration its brain "
+            f"correlates with the template T1 at r = {r:.2f} (need {MIN_T1_CORRELATION:.2f}); "
+            "is it a T1-weighted brain scan?",
+            vol.path,
+        )
+    facts = {
+        "contrast": contrast,
+        "world": reg.world.tolist(),
+        "metric": round(reg.metric, 4),
+        "overlap": round(reg.overlap, 4),
+        "iterations": int(reg.iterations),
+        "t1_correlation": round(r, 4),
+    }
+    return sg.tf, facts
+
+
+def template_grid(spacing: float, multiple: int = 16) -> list[int]:
+    """The default template-space grid: the 2 mm MNI152 grid's field of view at `spacing`.
+
+    (96, 112, 96) at 2 mm and (192, 224, 192) at 1 mm, each size rounded up to `multiple`.
+    """
+    fov = 2.0 * np.array([96, 112, 96])  # synthbrain.phantom.template.GRIDS[2.0], in mm
+    voxels = np.ceil(fov / float(spacing) - 1e-6)
+    return (np.ceil(voxels / multiple) * multiple).astype(int).clip(min=multiple).tolist()
 
 
 def init_worker() -> None:

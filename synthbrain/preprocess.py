@@ -8,10 +8,13 @@ Two passes over the subjects, both parallel when ``workers > 1``:
    ``<name>.fingerprint.json`` beside the HDF5 (reused while the input files and the options that
    shape it, layout and contrasts, are unchanged, unless ``overwrite``).
 2. processing: each subject onto the model grid (`synthbrain.prepare`); the parent process alone
-   writes the HDF5 (`H5Writer`: temporary name, renamed when complete).
+   writes the HDF5 (`H5Writer`: temporary name, renamed when complete). With ``space="template"``
+   each subject is first registered to MNI152 (as heal does) and lands on the paired engine's
+   template grid; the HDF5's global attribute ``space`` says which ("native" or "template").
 
-A bad subject (unreadable, truncated, NaN, grids that disagree, missing files) is skipped and
-reported, or with ``strict`` stops the run with an InputError naming its file, writing nothing.
+A bad subject (unreadable, truncated, NaN, grids that disagree, missing files, a failed
+registration) is skipped and reported, or with ``strict`` stops the run with an InputError naming
+its file, writing nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class PreprocessReport:
     contrasts: list[str]
     spacing: float
     grid: list[int]
+    space: str
     label_convention: str
     label_names: dict[str, int]
     splits: dict[str, int]
@@ -158,6 +162,7 @@ def preprocess(
     layout: str = "auto",
     spacing: float = 1.0,
     grid: Sequence[int] | None = None,
+    space: str = "native",
     n4: bool = False,
     contrasts: Sequence[str] | None = None,
     split: Sequence[float] = (0.8, 0.1, 0.1),
@@ -179,8 +184,12 @@ def preprocess(
         out: the .h5 file; ``<name>.fingerprint.json`` is written beside it.
         layout: "auto" (detected per input) or "brats", "atlas" ("bids"), "healthy", "csv".
         spacing: model grid spacing in mm.
-        grid: model grid shape; default a grid covering every subject's brain at `spacing`, each
-            size rounded up to a multiple of `grid_multiple` (so U-Nets can halve it).
+        grid: model grid shape; default a grid covering every subject's brain at `spacing` (in
+            template space the 2 mm template grid's field of view), each size rounded up to a
+            multiple of `grid_multiple` (so U-Nets can halve it).
+        space: "native" (each subject's grid centred on its brain; enough for the 2-D engines)
+            or "template" (each subject affinely registered to MNI152 and put on the template
+            grid the paired engine generates and edits on; subjects that fail are skipped).
         n4: N4 bias-field correction, fitted on an `n4_shrink`-times smaller copy with
             `n4_iterations` iterations per fitting level.
         contrasts: contrasts to keep, from t1, t2, flair, t1gd; default all that appear.
@@ -202,6 +211,8 @@ def preprocess(
         InputError: bad inputs or output; a bad subject when `strict`; no usable subject.
     """
     out = Path(out)
+    if space not in prepare.SPACES:
+        raise InputError(f"space must be one of {', '.join(prepare.SPACES)}, got {space!r}")
     _check_out(out, overwrite)
     subjects = discover([Path(p) for p in inputs], layout, contrasts)
     options = {
@@ -211,6 +222,7 @@ def preprocess(
         "spacing": float(spacing),
         "grid": None if grid is None else [int(g) for g in grid],
         "grid_multiple": int(grid_multiple),
+        "space": space,
         "n4": bool(n4),
         "n4_shrink": int(n4_shrink),
         "n4_iterations": [int(i) for i in n4_iterations],
@@ -237,7 +249,9 @@ def _preprocess(
     facts, bad, reused = _collect_facts(subjects, options, fp_path, key, runner, overwrite)
     convention, names, warnings = detect_label_convention([facts[k] for k in sorted(facts)])
     warnings += fingerprint.mask_warnings(facts)  # shown by the caller (api) from the report
-    if options["grid"] is None:
+    if options["grid"] is None and options["space"] == "template":
+        options["grid"] = prepare.template_grid(options["spacing"], options["grid_multiple"])
+    elif options["grid"] is None:
         options["grid"] = prepare.default_grid(
             list(facts.values()), options["spacing"], options["grid_multiple"]
         )
@@ -265,6 +279,7 @@ def _preprocess(
         contrasts=options["contrasts"],
         spacing=options["spacing"],
         grid=options["grid"],
+        space=options["space"],
         label_convention=convention,
         label_names=names,
         splits=splits,
@@ -306,7 +321,7 @@ def _write_hdf5(
 ) -> list[str]:
     """Pass 2: every subject onto the model grid, added to the HDF5 by this process alone."""
     args = (options["contrasts"], options["spacing"], options["grid"])
-    kwargs = {k: options[k] for k in ("n4", "n4_shrink", "n4_iterations")}
+    kwargs = {k: options[k] for k in ("space", "n4", "n4_shrink", "n4_iterations")}
     jobs = [(s.id, (prepare.process_subject, (s, *args), kwargs)) for s in subjects]
     written = []
     with H5Writer(
@@ -318,6 +333,7 @@ def _write_hdf5(
         label_convention=labels[1],
         compression=options["compression"],
         overwrite=overwrite,
+        extra_attrs={"space": options["space"]},
     ) as writer:
         for sid, result in runner.run(jobs, bad):
             writer.add_subject(**result)
