@@ -160,14 +160,16 @@ def training_volumes(path: Path) -> np.ndarray:
         return np.array([g["labels"][()].sum() * 8e-3 for g in groups if "labels" in g])
 
 
-def steps_table(bundle: Bundle, subjects, counts, samplers) -> list[dict]:
-    """Heal quality and time per (sampler, steps)."""
+def steps_table(bundle: Bundle, subjects, counts, samplers, published: int) -> list[dict]:
+    """Heal quality and time per (sampler, steps), plus DDIM at the published stride 1."""
+    plan = [(sampler, steps) for sampler in samplers for steps in counts]
+    if published:
+        plan.append(("ddim", published))  # USB's code: every step from t = 300 (stride 1)
     rows = []
-    for sampler in samplers:
-        for steps in counts:
-            run = SamplerSettings(sampler, steps, "linspace", 0.0, bundle.precision)
-            r = heal_metrics(bundle, subjects, run, with_mask=False)
-            rows.append({"sampler": sampler, "steps": steps, **r})
+    for sampler, steps in plan:
+        run = SamplerSettings(sampler, steps, "linspace", 0.0, bundle.precision)
+        r = heal_metrics(bundle, subjects, run, with_mask=False)
+        rows.append({"sampler": sampler, "steps": steps, **r})
     return rows
 
 
@@ -233,6 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-generate", type=int, default=24)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--steps-table", default="10,25,50,100", help="step counts to compare")
+    ap.add_argument(
+        "--published-steps",
+        type=int,
+        default=300,
+        help="also DDIM at this count (USB's stride-1 heal; 0: skip)",
+    )
     ap.add_argument("--seed", type=int, default=1000, help="phantom run seed of the held-out set")
     ap.add_argument("--train-data", type=Path, default=None)
     ap.add_argument("--device", default="cpu")
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         "implant": implant_metrics(bundle, subjects, run, sign),
         "acg": {t: heal_metrics(bundle, part, run, with_mask=False, target=t)
                 for t in ("clean", "renoised")},
-        "steps": steps_table(bundle, part, counts, ("ddim", "dpm++")),
+        "steps": steps_table(bundle, part, counts, ("ddim", "dpm++"), args.published_steps),
     }  # fmt: skip
     train = args.train_data or Path(f"data/{args.lesion}-t1.h5")
     train_ml = training_volumes(train) if train.exists() else np.array([])
