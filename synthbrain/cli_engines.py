@@ -118,7 +118,10 @@ def train(
         seed=seed,
         reporter=report,
     )
-    report.summary(summary)
+    from synthbrain.train import is_main_process
+
+    if is_main_process():  # under torchrun every rank returns; rank 0 alone reports
+        report.summary(summary)
 
 
 # Options only some engines read: passed on only when given on the command line, so that

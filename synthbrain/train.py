@@ -17,8 +17,10 @@ training_step itself. See docs/training.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,15 @@ from synthbrain.training.sampler import ResumableSampler
 from synthbrain.training.schedule import lr_factor
 from synthbrain.weights import save_state
 
-__all__ = ["TrainConfig", "fit", "is_main_process", "launch_local", "lr_factor", "ResumableSampler"]
+__all__ = [
+    "TrainConfig",
+    "fit",
+    "is_main_process",
+    "launch_local",
+    "lr_factor",
+    "process_group",
+    "ResumableSampler",
+]
 
 
 def is_main_process() -> bool:
@@ -54,6 +64,31 @@ def is_main_process() -> bool:
     once under torchrun.
     """
     return env_context().is_main
+
+
+@contextlib.contextmanager
+def process_group(device: str | torch.device = "auto") -> Iterator[DistContext]:
+    """Hold one process group for the whole block: engines trained in stages wrap every `fit`.
+
+    Under torchrun the group is created here (gloo on CPU, nccl on CUDA, for `device` as a
+    TrainConfig names it) unless one exists already; `fit` inside the block joins it instead of
+    making its own. Creating the group a second time under the same torchrun store can hang, so
+    a multi-stage engine must not let each `fit` create and destroy it. At the end all ranks meet
+    at a barrier and the group is destroyed if this block created it; after an error it is
+    destroyed without a barrier (the other ranks may never reach one). A single process gets a
+    one-process context and no group.
+    """
+    ctx = env_context()
+    if not isinstance(device, torch.device):
+        device = resolve_device(device, ctx.local_rank if ctx.distributed else None)
+    ctx = init_distributed(ctx, device)
+    try:
+        yield ctx
+    except BaseException:
+        if ctx.owns_group:
+            torch.distributed.destroy_process_group()
+        raise
+    finish_distributed(ctx)
 
 
 def fit(
@@ -73,7 +108,8 @@ def fit(
 
     Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) every process calls fit: it joins one
     process group (gloo on CPU, nccl on CUDA), trains with DistributedDataParallel, and only
-    rank 0 writes files.
+    rank 0 writes files. The group is the caller's when one exists (see `process_group`, which
+    engines trained in several `fit` calls must use), else fit creates and destroys its own.
 
     Args:
         engine: the model bundle (see the module docstring); moved to the training device and
@@ -108,20 +144,13 @@ def fit(
         raise InputError(f"stage name {stage!r} must be letters, digits, '-' or '_'")
     check_dataset(train_set, "training set")
     json.dumps(metadata or {})  # fail now, not after training, on what the export cannot store
-    ctx = env_context()
-    device = resolve_device(config.device, ctx.local_rank if ctx.distributed else None)
-    ctx = init_distributed(ctx, device)
+    here = env_context()
+    device = resolve_device(config.device, here.local_rank if here.distributed else None)
     options = {"resume": resume, "progress": progress, "load_ema": load_ema_at_end}
     options["metadata"] = dict(metadata or {})
-    where = (Path(out_dir), ctx, device, stage)
-    try:
-        summary = _fit_stage(engine, train_set, val_set, config, *where, options)
-    except BaseException:
-        if ctx.owns_group:  # no barrier: the other ranks may never reach it
-            torch.distributed.destroy_process_group()
-        raise
-    finish_distributed(ctx)
-    return summary
+    with process_group(device) as ctx:
+        return _fit_stage(engine, train_set, val_set, config, Path(out_dir), ctx, device, stage,
+                          options)  # fmt: skip
 
 
 def _fit_stage(
