@@ -3,14 +3,16 @@
 Stage "autoencoder" fits the KL autoencoder on image crops (L1 + SSIM + KL); the latents of every
 stage-2 example are then computed once with the frozen autoencoder (cached in the run folder);
 stage "diffusion" fits ε^x_θ and ε^y_θ on them (Eq. 10–11). Both stages go through
-`synthbrain.train.fit` (resumable, DDP-ready). The result is one fp16 safetensors file holding the
-autoencoder and both sub-models, its network config in the metadata, and a weights.toml entry
-that `--weights PATH` (or a user registry) accepts.
+`synthbrain.train.fit` (resumable, DDP-ready; under torchrun one process group serves both). The
+result is one fp16 safetensors file holding the autoencoder and both sub-models, its network
+config in the metadata, and a weights.toml entry (`paired_entry`) that `--weights PATH` or a user
+registry accepts.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthbrain.engines.paired import PairedConfig, PairedModel
+from synthbrain.engines.paired_entry import weights_entry
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
+from synthbrain.train import is_main_process, process_group
 from synthbrain.training.config import TrainConfig, resolve_device
-
-WEIGHTS_LICENCE = "Apache-2.0"
 
 
 class StageSettings(TrainConfig):
@@ -80,21 +82,52 @@ def load_train_config(path: Path | None, **overrides: Any) -> PairedTrainConfig:
 
 def model_config_for(data: Path, settings: dict[str, Any]) -> PairedConfig:
     """The network config: the [model] table; lesion, contrasts and grid default to the data's."""
-    from synthbrain.io.dataset import read_info, read_subject, split_ids
+    from synthbrain.io.dataset import read_info
 
     info = read_info(data)
-    first = read_subject(data, split_ids(data, "all")[0])["attrs"]
     values = {
-        "lesion": first.get("lesion_type", "stroke"),
         "contrasts": list(info["contrasts"]),
         "grid": tuple(info["grid"]),
         "spacing": float(info["spacing"][0]),
         **settings,
     }
+    values["lesion"] = data_lesion(data, settings.get("lesion"))
     try:
         return PairedConfig.model_validate(values)
     except ValidationError as err:
         raise InputError(f"invalid [model] settings: {err.errors()[0]['msg']}", data) from None
+
+
+def data_lesion(data: Path, explicit: str | None = None) -> str:
+    """The lesion type of a set: `explicit` ([model] lesion) when given, else the commonest
+    lesion_type of the subjects with a lesion (ties: alphabetical); healthy ones do not count.
+
+    Raises:
+        InputError: no subject has a lesion (the engine learns lesions from them), or none of
+            them names its type and `explicit` is not given.
+    """
+    import h5py
+
+    from synthbrain.io.h5format import decode_attr
+
+    counts: Counter[str] = Counter()
+    lesioned = 0
+    with h5py.File(data, "r") as h5:  # attributes only: read_subject would read every volume
+        for group in h5["subjects"].values():
+            if "labels" not in group or decode_attr(group.attrs.get("healthy", False)):
+                continue
+            lesioned += 1
+            kind = str(decode_attr(group.attrs.get("lesion_type", "")))
+            if kind not in ("", "none"):
+                counts[kind] += 1
+    if not lesioned:
+        raise InputError("no subject has a lesion: the paired engine needs lesion examples", data)
+    if explicit:
+        return str(explicit)
+    if not counts:
+        problem = "the subjects with lesions carry no lesion_type: set lesion in [model]"
+        raise InputError(problem, data)
+    return min(counts, key=lambda kind: (-counts[kind], kind))
 
 
 def train(
@@ -133,12 +166,21 @@ def train(
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ae_summary = _stage_autoencoder(model, Path(data), cfg, out, resume, reporter)
-    z, x, counts = _latents(model, Path(data), cfg, out, resume, reporter)
-    diff_summary = _stage_diffusion(model, z, x, cfg, out, resume, reporter)
+    # One process group for both stages: re-creating it under torchrun's store can hang.
+    with process_group(_group_device(cfg)):
+        ae_summary = _stage_autoencoder(model, Path(data), cfg, out, resume, reporter)
+        z, x, counts = _latents(model, Path(data), cfg, out, resume, reporter)
+        diff_summary = _stage_diffusion(model, z, x, cfg, out, resume, reporter)
+    summary = {
+        "engine": "paired",
+        "examples": counts,
+        "autoencoder": _brief(ae_summary),
+        "diffusion": _brief(diff_summary),
+    }
+    if not is_main_process():  # under torchrun only rank 0 writes the weights and the entry
+        return {**summary, "seconds": round(time.perf_counter() - started, 2)}
     c = model.config
-    name = f"paired-{c.lesion}-{c.spacing:g}mm"
-    weights = export_bundle(model, out / f"{name}.safetensors", {
+    weights = export_bundle(model, out / f"paired-{c.lesion}-{c.spacing:g}mm.safetensors", {
         "autoencoder": ae_summary, "diffusion": diff_summary, "examples": counts,
     })  # fmt: skip
     entry = weights_entry(model, weights, Path(data), config_file, counts, cfg)
@@ -147,15 +189,25 @@ def train(
 
     reporter.info(escape(f"weights.toml entry (in {out / 'weights-entry.toml'}):\n{entry}"))
     return {
-        "engine": "paired",
+        **summary,
         "weights": str(weights),
         "sha256": _sha(weights),
-        "examples": counts,
-        "autoencoder": _brief(ae_summary),
-        "diffusion": _brief(diff_summary),
         "seconds": round(time.perf_counter() - started, 2),
         "weights_entry": str(out / "weights-entry.toml"),
     }
+
+
+def _group_device(cfg: PairedTrainConfig) -> torch.device:
+    """The device the process group is made for: the one both training stages use."""
+    from synthbrain.training.ddp import env_context
+
+    ctx = env_context()
+    rank = ctx.local_rank if ctx.distributed else None
+    stages = [cfg.diffusion] if cfg.autoencoder.weights else [cfg.autoencoder, cfg.diffusion]
+    devices = {resolve_device(stage.device, rank) for stage in stages}
+    if ctx.distributed and len(devices) > 1:
+        raise InputError("under torchrun [autoencoder] and [diffusion] must use one device")
+    return devices.pop()
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +287,6 @@ def _latents(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """Encode every stage-2 example once (cached in out/latents.pt when resuming)."""
     from synthbrain.engines.paired_latents import compute_latents, load_latents, save_latents
-    from synthbrain.train import is_main_process
 
     cache = out / "latents.pt"
     if resume and cache.exists():
@@ -297,43 +348,3 @@ def _sha(path: Path) -> str:
     from synthbrain.io.outputs import sha256_file
 
     return sha256_file(path)
-
-
-def weights_entry(
-    model: PairedModel,
-    weights: Path,
-    data: Path,
-    config_file: Path | None,
-    counts: dict[str, int],
-    cfg: PairedTrainConfig,
-) -> str:
-    """A [[weights]] table for weights.toml (or a user registry) describing the file."""
-    c = model.config
-    name = weights.stem
-    params = sum(p.numel() for p in model.parameters())
-    command = f"synthbrain train --engine paired --data {data} --out {weights.parent}"
-    if config_file is not None:
-        command += f" --config {config_file}"
-    examples = ", ".join(f"{v} {k}" for k, v in counts.items())
-    lines = [
-        "[[weights]]",
-        f'name = "{name}"',
-        'engine = "paired"',
-        f'lesion = "{c.lesion}"',
-        f"contrasts = {_toml_list(c.contrasts)}",
-        "spatial_dims = 3",
-        f"spacing = [{c.spacing}, {c.spacing}, {c.spacing}]",
-        f"grid = [{', '.join(str(g) for g in c.grid)}]",
-        f'file = "{weights.name}"',
-        f'sha256 = "{_sha(weights)}"',
-        f"params = {params}",
-        f'training_data = "{data.name}: {examples}; diffusion {cfg.diffusion.steps} steps"',
-        f'command = "{command}"',
-        f'licence = "{WEIGHTS_LICENCE}"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_list(values: list[str]) -> str:
-    """A TOML list of strings."""
-    return "[" + ", ".join(f'"{v}"' for v in values) + "]"
