@@ -59,11 +59,12 @@ def write_config(path: Path) -> Path:
     return path
 
 
-def make_h5(path: Path, lesions: list[str]) -> Path:
+def make_h5(path: Path, lesions: list[str], space: str | None = None) -> Path:
     """A 16^3 T1 set, one subject per entry of `lesions` ("none" = healthy, no labels)."""
     writer = H5Writer(
         path, contrasts=["t1"], spacing=12.0, grid=list(GRID), label_names={"lesion": 1},
         label_convention="binary", overwrite=True,
+        extra_attrs={"space": space} if space else None,
     )  # fmt: skip
     rng = np.random.default_rng(0)
     brain = np.zeros(GRID, bool)
@@ -123,6 +124,15 @@ def test_set_without_lesions_is_refused_before_writing(tmp_path):
     with pytest.raises(InputError, match="no subject has a lesion"):  # [model] lesion too
         paired_train.model_config_for(data, {"lesion": "stroke"})
     assert not (tmp_path / "run").exists()
+
+
+def test_native_space_set_is_refused(tmp_path):
+    """preprocess --space native centres grids per subject: off the template the model uses."""
+    native = make_h5(tmp_path / "native.h5", ["stroke", "none"], space="native")
+    with pytest.raises(InputError, match="--space template"):
+        paired_train.model_config_for(native, {})
+    template = make_h5(tmp_path / "template.h5", ["stroke", "none"], space="template")
+    assert paired_train.model_config_for(template, {}).lesion == "stroke"
 
 
 def test_weights_entry_registers_beside_the_embedded_weights(trained, monkeypatch):

@@ -85,6 +85,12 @@ def model_config_for(data: Path, settings: dict[str, Any]) -> PairedConfig:
     from synthbrain.io.dataset import read_info
 
     info = read_info(data)
+    if info.get("space") == "native":  # preprocess --space native: grids centred per subject
+        raise InputError(
+            "the paired engine works on the MNI152 template grid, but this set is in native "
+            "space: preprocess it with --space template",
+            data,
+        )
     values = {
         "contrasts": list(info["contrasts"]),
         "grid": tuple(info["grid"]),
