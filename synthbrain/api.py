@@ -200,10 +200,12 @@ def train(
 
 def generate(*, out: Path, engine: str | None = None, **options: Any) -> dict[str, Any]:
     """Generate triplets (pathological image, lesion mask, healthy substrate) and a manifest."""
-    from synthbrain.edit_inputs import check_generate
+    from synthbrain.edit_inputs import check_generate, is_phantom_masks
 
     engine = engine or ("deviation" if options.get("lesion") == "tumor" else "paired")
     check_generate(out=Path(out), engine=engine, **options)
+    if engine == "deviation" and is_phantom_masks(options.get("masks")):
+        options["masks"] = None  # the deviation engine's default mask source is the phantom's
     module = engines.load(engine, command="generate")
     return module.generate(out=Path(out), **options)
 

@@ -174,7 +174,13 @@ def generate(
     anatomy: Annotated[
         Path | None, typer.Option(help="Folder of healthy scans (deviation engine).")
     ] = None,
-    masks: Annotated[Path | None, typer.Option(help="Folder of lesion masks to use.")] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of lesion masks (MNI152 space for paired), or 'phantom': lesion shapes "
+            "drawn by the phantom corpus (paired: conditional generation, task b)."
+        ),
+    ] = None,
     layout: Layout = "flat",
     preview: Annotated[bool, typer.Option(help="Write a tri-planar PNG per sample.")] = False,
     shard: Shard = None,

@@ -144,6 +144,14 @@ def load_contrasts(scan, contrast: str, extra: dict[str, Path], *, resample: boo
     return volumes
 
 
+PHANTOM_MASKS = "phantom"  # --masks phantom: lesion shapes drawn by the phantom corpus
+
+
+def is_phantom_masks(masks: Path | str | None) -> bool:
+    """Whether --masks asks for phantom lesion shapes (a folder of that name wins)."""
+    return masks is not None and str(masks) == PHANTOM_MASKS and not Path(masks).is_dir()
+
+
 def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: bool = False,
                    n: int = 1, batch_size: int = 1, anatomy: Path | None = None,
                    masks: Path | None = None, severity: float | None = None,
@@ -157,9 +165,10 @@ def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: b
     check_severity(severity, options.get("eta"))
     if n < 1 or batch_size < 1 or (variants is not None and variants < 1):
         raise InputError("--n, --batch-size and --variants must be at least 1")
-    for folder, option in ((anatomy, "--anatomy"), (masks, "--masks")):
-        if folder is not None and not Path(folder).is_dir():
-            raise InputError(f"{option} must be a folder of NIfTI files", folder)
+    if anatomy is not None and not Path(anatomy).is_dir():
+        raise InputError("--anatomy must be a folder of NIfTI files", anatomy)
+    if masks is not None and not (Path(masks).is_dir() or is_phantom_masks(masks)):
+        raise InputError("--masks must be a folder of NIfTI files or 'phantom'", masks)
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError("output exists and is not a folder", out)
 

@@ -103,6 +103,30 @@ def test_generate_from_given_masks(tmp_path, weights):
     assert np.array_equal(written, mask * (brain > 0))
 
 
+def test_generate_with_phantom_masks(tmp_path, weights, monkeypatch):
+    """--masks phantom: each sample gets its own phantom lesion, inside the brain, replayable."""
+    from synthbrain.engines.paired_edit import template_arrays
+
+    monkeypatch.chdir(tmp_path)  # no folder named "phantom" here
+    _, brain, _ = template_arrays(SPACING, GRID)
+    for run in ("p", "q"):
+        _gen(tmp_path / run, weights, n=2, masks=Path("phantom"))
+    files = [tmp_path / "p" / f"synth0000{k}_mask.nii.gz" for k in (0, 1)]
+    masks = [np.asarray(nib.load(f).dataobj) for f in files]
+    for mask in masks:
+        assert mask.any() and set(np.unique(mask)) <= {0, 1} and not (mask & (brain == 0)).any()
+    assert not np.array_equal(masks[0], masks[1])
+    assert _hashes(tmp_path / "p") == _hashes(tmp_path / "q")
+    record = json.loads((tmp_path / "p" / "manifest.jsonl").read_text().splitlines()[0])
+    assert record["task"] == "conditional" and record["mask_source"] == "phantom"
+
+
+def test_masks_must_be_a_folder_or_phantom(tmp_path, weights):
+    with pytest.raises(InputError, match="'phantom'"):
+        _gen(tmp_path / "x", weights, masks=tmp_path / "missing")
+    assert not (tmp_path / "x").exists()
+
+
 def test_unknown_lesion_lists_the_available_weights(tmp_path):
     with pytest.raises(EngineUnavailable, match="no paired weights for lesion 'bogus'"):
         api.generate(out=tmp_path / "x", n=1, lesion="bogus", engine="paired")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from synthbrain.engines.paired_run import (
 )
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
+from synthbrain.rng import derive_seed, generator_for
 
 IDENTITY_KEYS = (
     "command", "engine", "lesion", "weights", "weights_sha256", "steps", "sampler", "spacing",
@@ -72,6 +74,50 @@ def load_mask_folder(folder: Path, bundle: Bundle) -> list[np.ndarray]:
             )
         masks.append(grid & (brain > 0))
     return masks
+
+
+MaskFor = Callable[[int, int], np.ndarray]  # (sample index k, sample seed) -> mask on the grid
+
+
+def mask_provider(masks: Path | None, bundle: Bundle) -> tuple[MaskFor | None, str | None]:
+    """How sample k gets its mask (None: the joint sampler draws it) and its manifest name."""
+    from synthbrain.edit_inputs import is_phantom_masks
+
+    if masks is None:
+        return None, None
+    if is_phantom_masks(masks):
+        return (lambda k, seed: phantom_mask(bundle, derive_seed(seed, 1))), "phantom"
+    folder = load_mask_folder(masks, bundle)
+    return (lambda k, seed: folder[k % len(folder)]), "folder"
+
+
+def phantom_mask(bundle: Bundle, seed: int) -> np.ndarray:
+    """A lesion of the model's type drawn by the phantom corpus, on the model grid, in the brain.
+
+    The phantom subject's lesion sits in its own (warped MNI152) anatomy, so it lands near the
+    same structures of the template; a draw that leaves the template brain is redrawn.
+    """
+    from synthbrain.engines.deviation_sources import PHANTOM_LESIONS
+    from synthbrain.engines.paired_edit import template_arrays
+    from synthbrain.io.geometry import resample_array
+    from synthbrain.phantom import draw_subject, make_subject
+
+    cfg = bundle.model.config
+    if cfg.lesion not in PHANTOM_LESIONS:
+        raise InputError(
+            f"--masks phantom: phantom lesions exist for {', '.join(PHANTOM_LESIONS)}, "
+            f"not {cfg.lesion!r}; give a folder of masks"
+        )
+    _, brain, affine = template_arrays(cfg.spacing, cfg.grid)
+    for attempt in range(8):
+        gen = generator_for(derive_seed(seed, attempt))
+        subject = make_subject(draw_subject(gen, lesion=cfg.lesion, contrasts=("t1",), spacing=2.0))
+        labels = (subject.labels > 0).astype(np.float32)
+        on_grid = resample_array(labels, subject.affine, brain.shape, affine, order=0) > 0.5
+        mask = on_grid & (brain > 0)
+        if mask.any():
+            return mask
+    raise RuntimeError(f"8 phantom lesion draws missed the template brain (seed {seed})")
 
 
 @torch.no_grad()
@@ -155,7 +201,7 @@ def run_generate(
 
     started = time.perf_counter()
     cfg = bundle.model.config
-    mask_list = load_mask_folder(masks, bundle) if masks is not None else None
+    mask_for, mask_source = mask_provider(masks, bundle)
     config = run_config(
         bundle, run, seed=seed, layout=layout, masks=str(masks) if masks else None, n=n,
         batch_size=batch_size, shard=f"{shard[0]}/{shard[1]}", device=str(bundle.device),
@@ -167,7 +213,9 @@ def run_generate(
     )  # fmt: skip
     done = writer.finished_ids() if resume else set()
     todo = [k for k in shard_indices(n, shard) if sample_id(k) not in done]
-    written = _write_all(bundle, writer, todo, batch_size, run, mask_list, seed, preview, reporter)
+    written = _write_all(
+        bundle, writer, todo, batch_size, run, (mask_for, mask_source), seed, preview, reporter
+    )
     writer.close()
     return {
         "out": str(out),
@@ -185,10 +233,9 @@ def run_generate(
     }
 
 
-def _write_all(bundle, writer, todo, batch_size, run, mask_list, seed, preview, reporter) -> int:  # noqa: ANN001
+def _write_all(bundle, writer, todo, batch_size, run, masks, seed, preview, reporter) -> int:  # noqa: ANN001
     """Sample and write the todo indices in batches; returns the number written."""
-    from synthbrain.rng import derive_seed, generator_for
-
+    mask_for, mask_source = masks
     brain = brain_tensor(bundle)
     affine = _grid_affine(bundle)
     empty = 0
@@ -197,13 +244,12 @@ def _write_all(bundle, writer, todo, batch_size, run, mask_list, seed, preview, 
             ks = todo[start : start + batch_size]
             t0 = time.perf_counter()
             gens = [generator_for(derive_seed(seed, k)) for k in ks]
-            given = [mask_list[k % len(mask_list)] for k in ks] if mask_list else None
+            given = [mask_for(k, derive_seed(seed, k)) for k in ks] if mask_for else None
             triplets = make_triplets(bundle, gens, run, brain, given)
             seconds = (time.perf_counter() - t0) / len(ks)
             for k, trip in zip(ks, triplets, strict=True):
                 empty += int(not trip.mask.any())
-                given_mask = mask_list is not None
-                record = _record(bundle, run, k, derive_seed(seed, k), seconds, given_mask)
+                record = _record(bundle, run, k, derive_seed(seed, k), seconds, mask_source)
                 vols = _volumes(trip, bundle.model.config.contrasts, affine)
                 writer.write_sample(sample_id(k), vols, record=record, index=k)
                 if preview:
@@ -222,9 +268,10 @@ def _grid_affine(bundle: Bundle) -> np.ndarray:
 
 
 def _record(
-    bundle: Bundle, run: SamplerSettings, k: int, seed: int, seconds: float, given: bool
+    bundle: Bundle, run: SamplerSettings, k: int, seed: int, seconds: float, masks: str | None
 ) -> dict[str, Any]:
-    """The manifest fields of sample k."""
+    """The manifest fields of sample k (`masks`: where given masks came from, or None)."""
+    given = masks is not None
     return {
         "seed": seed,
         "engine": "paired",
@@ -232,6 +279,7 @@ def _record(
         "weights_sha256": bundle.sha256,
         "lesion": bundle.model.config.lesion,
         "task": "conditional" if given else "unconditional",
+        **({"mask_source": masks} if given else {}),
         "steps": run.steps,
         "sampler": run.sampler,
         "seconds": round(seconds, 3),

@@ -179,7 +179,8 @@ def generate(
         batch_size: samples drawn together (sample k's files do not depend on it).
         steps, sampler, spacing: the reverse process (default 50 DDIM steps, linspace).
         masks: a folder of lesion masks in MNI152 space: conditional generation (task b), sample
-            k uses mask k mod count.
+            k uses mask k mod count; or "phantom": sample k's mask is a phantom lesion of the
+            model's type drawn from derive_seed(derive_seed(seed, k), 1).
         preview: a tri-planar PNG per sample under previews/.
         shard: "i/N" (or Slurm's array variables): only samples k with k % N == i.
         seed: the run seed; sample k uses derive_seed(seed, k) alone.
