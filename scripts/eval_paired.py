@@ -121,16 +121,21 @@ def realism_features(image: np.ndarray, mask: np.ndarray, brain: np.ndarray) -> 
     return np.array([*hist, *tex.values(), contrast, volume], np.float64)
 
 
-def generate_metrics(bundle: Bundle, n: int, run, reals, train_ml: np.ndarray, sign: float) -> dict:
-    """Masks, lesion volumes, contrast sign and realism AUC of n generated triplets."""
-    from synthbrain.engines.paired_generate import make_triplets
+def generate_metrics(
+    bundle: Bundle, n: int, run, reals, train_ml: np.ndarray, sign: float, phantom_masks=False
+) -> dict:
+    """Masks, lesion volumes, contrast sign and realism AUC of n generated triplets: joint
+    (task a), or with `phantom_masks` the images for phantom lesion masks (task b)."""
+    from synthbrain.engines.paired_generate import make_triplets, phantom_mask
     from synthbrain.rng import derive_seed, generator_for
 
     brain_t = brain_tensor(bundle)
     brain = brain_t[0, 0].cpu().numpy()
     trips, t0 = [], time.perf_counter()
     for k in range(n):
-        trips += make_triplets(bundle, [generator_for(derive_seed(4242, k))], run, brain_t)
+        seed = derive_seed(4242, k)
+        given = [phantom_mask(bundle, derive_seed(seed, 1))] if phantom_masks else None
+        trips += make_triplets(bundle, [generator_for(seed)], run, brain_t, given)
     secs = (time.perf_counter() - t0) / n
     ml = np.array([t.mask.sum() * 8e-3 for t in trips])
     nonempty = ml > 0
@@ -201,7 +206,8 @@ def markdown(res: dict, command: str) -> str:
         f"| | right contrast sign | {g['right_sign']:.0%} | 100% |",
         f"| | realism AUC (95% CI) | {g['realism_auc'][0]:.2f} "
         f"({g['realism_auc'][1]:.2f}–{g['realism_auc'][2]:.2f}) | 0.5 |",
-        f"| | seconds per triplet | {g['seconds_per_triplet']:.1f} | ≤ 20 |", "",
+        f"| | seconds per triplet | {g['seconds_per_triplet']:.1f} | ≤ 20 |",
+        *_masks_rows(res.get("generate_masks")), "",
         "| sampler | steps | in-lesion L1 ratio | PSNR (dB) | SSIM | s / heal |",
         "| --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
@@ -214,6 +220,19 @@ def markdown(res: dict, command: str) -> str:
         lines.append(f"| {name} | {r['l1_ratio']:.2f} | {r['psnr']:.1f} | "
                      f"{r['ssim_outside_vs_input']:.4f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def _masks_rows(g: dict | None) -> list[str]:
+    """Table rows of generation from phantom masks (task b), when measured."""
+    if not g:
+        return []
+    auc = g["realism_auc"]
+    return [
+        f"| generate `--masks phantom` (n={g['n']}) | right contrast sign | "
+        f"{g['right_sign']:.0%} | 100% |",
+        f"| | realism AUC (95% CI) | {auc[0]:.2f} ({auc[1]:.2f}–{auc[2]:.2f}) | 0.5 |",
+        f"| | seconds per triplet | {g['seconds_per_triplet']:.1f} | ≤ 20 |",
+    ]
 
 
 def write_doc(doc: Path, lesion: str, text: str) -> None:
@@ -233,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-edit", type=int, default=12, help="held-out subjects for heal/implant")
     ap.add_argument("--n-steps-table", type=int, default=6, help="subjects per steps-table row")
     ap.add_argument("--n-generate", type=int, default=24)
+    ap.add_argument("--n-generate-masks", type=int, default=0, help="task b: phantom masks")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--steps-table", default="10,25,50,100", help="step counts to compare")
     ap.add_argument(
@@ -267,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     train_ml = training_volumes(train) if train.exists() else np.array([])
     reals = held_out(args.lesion, args.n_generate, args.seed, offset=args.n_edit)
     res["generate"] = generate_metrics(bundle, args.n_generate, run, reals, train_ml, sign)
+    if args.n_generate_masks:
+        res["generate_masks"] = generate_metrics(
+            bundle, args.n_generate_masks, run, reals, train_ml, sign, phantom_masks=True
+        )
     res["minutes"] = (time.perf_counter() - started) / 60
     command = "OMP_NUM_THREADS=1 python scripts/eval_paired.py " + shlex.join(argv or sys.argv[1:])
     res["command"] = command
