@@ -210,3 +210,30 @@ def test_torchrun_trains_both_stages_in_one_process_group(mixed_set, tmp_path):
     last = {r["stage"]: r["step"] for r in lines if r["kind"] == "train"}
     assert last == {"autoencoder": 2, "diffusion": 2}
     assert sorted(p.name for p in out.glob("paired-*")) == ["paired-stroke-12mm.safetensors"]
+
+
+def test_load_denoisers_copies_both_sub_models(tmp_path):
+    """[diffusion] weights: stage B starts from stage A's sub-models, and a misfit is refused."""
+    import torch
+
+    from synthbrain.engines.paired import PairedConfig, PairedModel
+    from synthbrain.engines.paired_train import export_bundle, load_denoisers
+
+    tiny = dict(
+        grid=(16, 16, 16), spacing=12.0, ae_base_channels=4, ae_channel_mults=(1, 2, 2),
+        denoiser_base_channels=8, denoiser_channel_mults=(1,), denoiser_attention_levels=(),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    source = PairedModel(PairedConfig(**tiny))
+    for p in source.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    path = export_bundle(source, tmp_path / "a.safetensors", {})
+    target = PairedModel(PairedConfig(**tiny, prediction="v"))
+    load_denoisers(target, path)
+    for name in ("eps_x", "eps_y"):
+        a_params, b_params = getattr(source, name).parameters(), getattr(target, name).parameters()
+        for a, b in zip(a_params, b_params, strict=True):
+            assert torch.allclose(a, b, atol=2e-3)  # stored in fp16
+    wider = PairedModel(PairedConfig(**{**tiny, "denoiser_base_channels": 16}))
+    with pytest.raises(InputError, match="do not fit"):
+        load_denoisers(wider, path)

@@ -282,7 +282,12 @@ def load_denoisers(model: PairedModel, path: Path) -> None:
     nets = {k: v.float() for k, v in state.items() if k.startswith(("eps_x.", "eps_y."))}
     if not nets:
         raise InputError("no sub-model weights (eps_x.*, eps_y.*) in the file", path)
-    missing, unexpected = model.load_state_dict(nets, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(nets, strict=False)
+    except RuntimeError as err:  # shapes differ
+        detail = " ".join(str(err).split())[:200]  # one line
+        problem = f"sub-model weights do not fit the [model] settings: {detail}"
+        raise InputError(problem, path) from None
     wrong = [k for k in missing if k.startswith(("eps_x.", "eps_y."))] + list(unexpected)
     if wrong:
         raise InputError(f"sub-model weights do not fit the [model] settings: {wrong[:3]}", path)
