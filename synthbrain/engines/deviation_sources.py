@@ -15,8 +15,9 @@ import torch
 from synthbrain.engines.deviation_io import Subject, brain_of, subject_from_volumes
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import Volume
+from synthbrain.phantom.lesions import LESIONS
 
-PHANTOM_LESIONS = ("stroke", "wmh", "tumor")
+PHANTOM_LESIONS = tuple(kind for kind in LESIONS if kind != "none")  # the phantom's own list
 MAX_TRIES = 20
 
 

@@ -97,15 +97,16 @@ def phantom_mask(bundle: Bundle, seed: int) -> np.ndarray:
     The phantom subject's lesion sits in its own (warped MNI152) anatomy, so it lands near the
     same structures of the template; a draw that leaves the template brain is redrawn.
     """
-    from synthbrain.engines.deviation_sources import PHANTOM_LESIONS
     from synthbrain.engines.paired_edit import template_arrays
     from synthbrain.io.geometry import resample_array
     from synthbrain.phantom import draw_subject, make_subject
+    from synthbrain.phantom.lesions import LESIONS
 
     cfg = bundle.model.config
-    if cfg.lesion not in PHANTOM_LESIONS:
+    kinds = [kind for kind in LESIONS if kind != "none"]
+    if cfg.lesion not in kinds:
         raise InputError(
-            f"--masks phantom: phantom lesions exist for {', '.join(PHANTOM_LESIONS)}, "
+            f"--masks phantom: phantom lesions exist for {', '.join(kinds)}, "
             f"not {cfg.lesion!r}; give a folder of masks"
         )
     _, brain, affine = template_arrays(cfg.spacing, cfg.grid)
