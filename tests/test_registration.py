@@ -90,3 +90,21 @@ def test_grid_round_trip_through_a_registration(tpl):
     assert back.data.shape == shape and np.allclose(back.affine, tf.source_affine)
     # a constant field maps back as itself wherever the grid covers the scan
     assert set(np.unique(back.data)) <= {0.0, 1.0} and back.data.sum() > 0
+
+
+def test_brain_sized_noise_is_refused_by_its_t1_correlation(tpl):
+    """A noise ball registers with good overlap; its correlation with the template T1 stops it."""
+    from synthbrain.engines.paired_edit import MIN_T1_CORRELATION, scan_to_grid
+
+    shape = (44, 52, 44)
+    affine = centred(oblique_affine((4.0, 4.0, 4.0)), shape, (0.0, -18.0, 18.0))
+    rng = np.random.default_rng(0)
+    centre = (np.array(shape) - 1)[:, None, None, None] / 2
+    ball = np.linalg.norm(np.indices(shape) - centre, axis=0)
+    noise = ((rng.random(shape) * 100.0 + 1.0) * (ball < 17)).astype(np.float32)
+    with pytest.raises(InputError, match="correlates with the template T1") as err:
+        scan_to_grid([Volume(noise, affine)], 4.0, GRID, in_template_space=False, t1_weighted=True)
+    assert "--in-template-space" in str(err.value)
+    good = _scan_through(tpl, np.eye(4), affine, shape)
+    sg = scan_to_grid([good], 4.0, GRID, in_template_space=False, t1_weighted=True)
+    assert sg.t1_correlation > 2 * MIN_T1_CORRELATION

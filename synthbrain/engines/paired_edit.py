@@ -20,6 +20,9 @@ from synthbrain.io.geometry import GridTransform, Volume, from_grid, resample, t
 from synthbrain.io.registration import Registration, register_to_template, template_transform
 
 MIN_MASK_OVERLAP = 0.5  # a mask with less of its volume in the brain is refused
+# A registered T1 whose brain correlates less than this with the template T1 is no T1 brain scan
+# (or did not really register): overlap alone lets e.g. a noise ball of brain size through.
+MIN_T1_CORRELATION = 0.3
 PERCENTILES = (0.5, 99.5)
 
 
@@ -33,6 +36,7 @@ class ScanOnGrid:
         brain: the template brain mask on the grid (float32 {0, 1}).
         window: (lo, hi) per channel, in the scan's own units.
         registration: the affine registration, or None with --in-template-space.
+        t1_correlation: Pearson r of the first channel and the template T1 inside the brain.
     """
 
     tf: GridTransform
@@ -40,6 +44,7 @@ class ScanOnGrid:
     brain: np.ndarray
     window: list[tuple[float, float]]
     registration: Registration | None
+    t1_correlation: float = float("nan")
 
 
 @functools.lru_cache(maxsize=4)
@@ -82,8 +87,13 @@ def scan_to_grid(
     *,
     in_template_space: bool,
     seed: int = 0,
+    t1_weighted: bool = False,
 ) -> ScanOnGrid:
-    """Register the first volume (unless in template space) and bring all onto the model grid."""
+    """Register the first volume (unless in template space) and bring all onto the model grid.
+
+    With `t1_weighted` (the first volume is a T1 or T1Gd) a registered scan whose brain does not
+    correlate with the template T1 (r < MIN_T1_CORRELATION) is an InputError.
+    """
     t1, brain, affine = template_arrays(spacing, tuple(grid))
     scan = volumes[0]
     registration = None
@@ -105,7 +115,25 @@ def scan_to_grid(
             scan.path,
         )
     image = np.stack(channels).astype(np.float32)
-    return ScanOnGrid(tf, image, brain.astype(np.float32), windows, registration)
+    r = template_correlation(image[0], t1, brain)
+    if t1_weighted and registration is not None and r < MIN_T1_CORRELATION:
+        raise InputError(
+            "cannot register the scan to the MNI152 template: after registration its brain "
+            f"correlates with the template T1 at r = {r:.2f} (need {MIN_T1_CORRELATION:.2f}); "
+            "is it a T1-weighted brain scan? If it is already in MNI152 space, pass "
+            "--in-template-space",
+            scan.path,
+        )
+    return ScanOnGrid(tf, image, brain.astype(np.float32), windows, registration, r)
+
+
+def template_correlation(image: np.ndarray, t1: np.ndarray, brain: np.ndarray) -> float:
+    """Pearson r of an image on the model grid and the template T1 inside the brain (0 if flat)."""
+    inside = brain > 0
+    if inside.sum() < 2:
+        return 0.0
+    r = float(np.corrcoef(image[inside], t1[inside])[0, 1])
+    return r if np.isfinite(r) else 0.0
 
 
 def _coarse(scan: Volume, spacing: float) -> Volume:

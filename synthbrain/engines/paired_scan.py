@@ -125,7 +125,12 @@ def run_edit(
     reporter.info("registering to MNI152" if not in_template_space else "scan in MNI152 space")
     cfg = bundle.model.config
     sg = scan_to_grid(
-        volumes, cfg.spacing, cfg.grid, in_template_space=in_template_space, seed=seed
+        volumes,
+        cfg.spacing,
+        cfg.grid,
+        in_template_space=in_template_space,
+        seed=seed,
+        t1_weighted=cfg.contrasts[0] in ("t1", "t1gd"),
     )
     mask = mask_to_grid(inputs.mask, sg) if inputs.mask is not None else None
     run = SamplerSettings(sampler, steps or DEFAULT_STEPS, "linspace", 0.0, bundle.precision)
@@ -245,4 +250,9 @@ def _registration(sg: ScanOnGrid) -> dict[str, Any] | str:
     r = sg.registration
     if r is None:
         return "in template space"
-    return {"metric": round(r.metric, 4), "overlap": round(r.overlap, 3), "iters": r.iterations}
+    return {
+        "metric": round(r.metric, 4),
+        "overlap": round(r.overlap, 3),
+        "t1_correlation": round(sg.t1_correlation, 3),
+        "iters": r.iterations,
+    }
