@@ -12,6 +12,9 @@ docs/deformation.md.
         --steps-model embedded --steps 4,8,12,25,50 --n 4 --slab 12 \\
         --json runs/deformation/eval.json --doc docs/deformation.md
 
+Long runs can be split over processes (one model set each, same --n / --seed / --slab) and
+joined: `--merge a.json b.json --json all.json --doc docs/deformation.md`.
+
 --model NAME=PATH[,key=value...] (repeatable): key is warp_mode (x0 | combined), noise
 (shared | slice), steps or sampler. Metrics are computed on the model grid in [0, 1].
 Through-plane consistency: mean over brain voxels of |(P[z+1] − P[z]) − (R[z+1] − R[z])| for
@@ -170,11 +173,29 @@ def _cell(stat: tuple[float, float], digits: int = 2) -> str:
     return "n/a" if np.isnan(mean) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
+def merge(paths: list[Path]) -> dict:
+    """Results of several runs over the same subjects as one (models in the order given)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    for key in ("n", "seed", "slab"):
+        if len({r[key] for r in runs}) != 1:
+            raise SystemExit(f"the runs to merge differ in {key}")
+    out = {k: runs[0][k] for k in ("n", "seed", "slab")}
+    out["command"] = "\n".join(r["command"] for r in runs)
+    out["models"], out["steps"], out["steps_model"] = {}, {}, None
+    for r in runs:
+        out["models"].update(r["models"])
+        if r["steps"]:
+            out["steps"], out["steps_model"] = r["steps"], r["steps_model"]
+    out["seconds"] = sum(r.get("seconds", 0.0) for r in runs)
+    return out
+
+
 def markdown(results: dict) -> str:
     """The quality, steps and through-plane tables."""
+    unit = "s / volume" if results["slab"] <= 0 else "s / slab"
     head = (
         "| model | PSNR brain (dB) | SSIM brain | PSNR tumour (dB) | SSIM tumour | "
-        "Dice ET | through-plane | s / slab | trained |\n|---|---|---|---|---|---|---|---|---|"
+        f"Dice ET | through-plane | {unit} | trained |\n|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for name, r in results["models"].items():
@@ -189,7 +210,7 @@ def markdown(results: dict) -> str:
     if results["steps"]:
         lines += ["", f"Quality versus sampling steps ({results['steps_model']}):", "",
                   "| steps | PSNR brain (dB) | SSIM brain | PSNR tumour (dB) | Dice ET "
-                  "| s / slab |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  f"| {unit} |", "|---|---|---|---|---|---|"]  # fmt: skip
         for steps, s in results["steps"].items():
             lines.append(
                 f"| {steps} | {_cell(s['psnr_brain'])} | {_cell(s['ssim_brain'], 3)} | "
@@ -223,11 +244,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--doc", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="join JSON results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    results = evaluate(args)
-    results["seconds"] = round(time.perf_counter() - started, 1)
+    if args.merge:
+        results = merge(args.merge)
+    else:
+        started = time.perf_counter()
+        results = evaluate(args)
+        results["seconds"] = round(time.perf_counter() - started, 1)
     text = markdown(results)
     print(text)
     if args.json:

@@ -237,3 +237,26 @@ def test_v_model_trains_and_samples():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.eps_y.parameters())
     x_s, y_s = sample_joint(m.eval(), gens(0, 1), RUN)
     assert x_s.shape == (2, 8, 4, 4, 4) and y_s.shape == (2, 4, 4, 4, 4)
+
+
+def test_latent_crops_centre_on_lesions_and_replay():
+    from synthbrain.engines.paired_data import crop_latents
+
+    z = torch.randn(3, 4, 10, 12, 8)
+    x = torch.full((3, 8, 10, 12, 8), -1.0)
+    x[0, 2, 7, 9, 5] = 0.5  # one lesion entry in example 0; 1 and 2 are healthy
+    a = crop_latents(z, x, 4, torch.Generator().manual_seed(3), lesion_fraction=1.0)
+    b = crop_latents(z, x, 4, torch.Generator().manual_seed(3), lesion_fraction=1.0)
+    assert a[0].shape == (3, 4, 4, 4, 4) and a[1].shape == (3, 8, 4, 4, 4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert (a[1][0] > -1).any()  # the window holds the lesion
+    whole = crop_latents(z, x, 32, torch.Generator().manual_seed(0), lesion_fraction=0.5)
+    assert torch.equal(whole[0], z) and torch.equal(whole[1], x)  # larger than the grid: all of it
+
+
+def test_cropped_diffusion_training_step():
+    m = PairedModel(tiny_config(denoiser_channel_mults=(1, 2)), stage="diffusion")
+    m.latent_crop, m.lesion_fraction = 2, 0.5
+    batch = {"z": torch.randn(2, 4, 4, 4, 4), "x": torch.full((2, 8, 4, 4, 4), -1.0)}
+    out = m.training_step(batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad

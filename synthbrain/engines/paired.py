@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from synthbrain.diffusion import Schedule, make_schedule, q_sample, to_x0_eps, v_from_x0_eps
+from synthbrain.engines.paired_data import crop_latents
 from synthbrain.nets import KLAutoencoder, UNet, autoencoder_loss
 
 STAGES = ("autoencoder", "diffusion")
@@ -136,6 +137,8 @@ class PairedModel(nn.Module):
         self.config = config
         self.stage = stage
         self.p_true_condition = p_true_condition
+        self.latent_crop: int | None = None  # diffusion training on latent windows (paired_data)
+        self.lesion_fraction = 0.0
         self.kl_weight, self.ssim_weight = kl_weight, ssim_weight
         c, cx, cz = config.image_channels, config.lesion_channels, config.latent_channels
         self.ae = KLAutoencoder(
@@ -253,7 +256,10 @@ class PairedModel(nn.Module):
             return autoencoder_loss(
                 image, recon, posterior, kl_weight=self.kl_weight, ssim_weight=self.ssim_weight
             )
-        return self.diffusion_loss(batch["z"], batch["x"], generator)
+        z, x = batch["z"], batch["x"]
+        if self.latent_crop:
+            z, x = crop_latents(z, x, self.latent_crop, generator, self.lesion_fraction)
+        return self.diffusion_loss(z, x, generator)
 
     def diffusion_loss(self, y0: Tensor, x0: Tensor, generator: torch.Generator) -> dict:
         """‖ε_x − ε^x_θ(x_t, y_t, t)‖² + ‖ε_y − ε^y_θ(y_t, x̂0, t)‖² (METHODS §2, Eq. 10–11)."""

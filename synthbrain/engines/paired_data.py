@@ -243,6 +243,37 @@ class LatentDataset(torch.utils.data.Dataset):
         return {"z": self.z[index].float(), "x": self.x[index].float()}
 
 
+def crop_latents(
+    z: Tensor, x: Tensor, size: int, generator: torch.Generator, lesion_fraction: float
+) -> tuple[Tensor, Tensor]:
+    """One `size`³ window per example of latents z and lesion states x, drawn with `generator`.
+
+    With probability `lesion_fraction` (when the example has a lesion) the window is centred on
+    a random lesion entry, otherwise its corner is uniform: foreground oversampling, as nnU-Net
+    does, so that lesion entries (≈ 0.3 % of a whole lesion state) carry weight in the loss. An
+    axis shorter than `size` is kept whole.
+    """
+    on = {"generator": generator, "device": generator.device}
+    dims = z.shape[2:]
+    sizes = [min(size, d) for d in dims]
+    zs, xs = [], []
+    for b in range(z.shape[0]):
+        coin = float(torch.rand((), **on))
+        hits = torch.nonzero(x[b].amax(dim=0) > -0.999)
+        if coin < lesion_fraction and len(hits):
+            centre = hits[int(torch.randint(len(hits), (), **on))].tolist()
+            corner = [c - s // 2 for c, s in zip(centre, sizes, strict=True)]
+        else:
+            corner = [
+                int(torch.randint(d - s + 1, (), **on)) for d, s in zip(dims, sizes, strict=True)
+            ]
+        corner = [min(max(c, 0), d - s) for c, d, s in zip(corner, dims, sizes, strict=True)]
+        window = tuple(slice(c, c + s) for c, s in zip(corner, sizes, strict=True))
+        zs.append(z[b][(slice(None), *window)])
+        xs.append(x[b][(slice(None), *window)])
+    return torch.stack(zs), torch.stack(xs)
+
+
 @dataclass
 class Example:
     """One stage-2 example before encoding: image [C, *grid], binary mask [*grid], its kind."""

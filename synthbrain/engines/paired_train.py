@@ -37,6 +37,10 @@ class StageSettings(TrainConfig):
     # diffusion stage starts both sub-models from its sub-models (fine-tuning).
     weights: str | None = None
     p_true_condition: float = Field(default=0.5, ge=0, le=1)
+    # Diffusion stage: train on latent_crop³ windows of the latent grid (None: whole grid), a
+    # lesion_fraction of them centred on a lesion entry (foreground oversampling; our addition).
+    latent_crop: int | None = Field(default=None, ge=4)
+    lesion_fraction: float = Field(default=0.0, ge=0, le=1)
 
 
 class DataSettings(BaseModel):
@@ -169,6 +173,10 @@ def train(
     model = PairedModel(
         model_config_for(Path(data), cfg.model),
         p_true_condition=cfg.diffusion.p_true_condition,
+    )
+    model.latent_crop, model.lesion_fraction = (
+        cfg.diffusion.latent_crop,
+        cfg.diffusion.lesion_fraction,
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
