@@ -73,6 +73,31 @@ def heal_metrics(bundle: Bundle, subjects, run, *, with_mask: bool, target: str 
     return _summary(rows)
 
 
+def reference_metrics(bundle: Bundle, subjects) -> dict:
+    """What a heal is measured against: the input left as it is, and the autoencoder's floor.
+
+    The floor is the true substrate passed through the autoencoder and blended into the lesion
+    (with the seam band) the way a heal is: no heal in this latent space can do better.
+    """
+    from synthbrain.engines.paired_edit import blend_weight
+
+    model, rows = bundle.model, []
+    for s in subjects:
+        img, healthy, lesion = s.images["t1"], s.healthy["t1"], s.labels > 0
+        brain = s.brain_mask.astype(np.float32)
+        image = torch.from_numpy(np.ascontiguousarray(healthy, np.float32))[None, None]
+        recon = (model.decode(model.encode(image.to(bundle.device))).clamp(0, 1).cpu()[0, 0]
+                 .numpy() * brain)  # fmt: skip
+        floor = img + blend_weight(lesion, SEAM_VOXELS) * (recon - img)
+        rows.append({
+            "input_psnr": metrics.psnr(img, healthy, brain),
+            "input_ssim": metrics.ssim(img, healthy, brain),
+            "floor_l1_ratio": metrics.l1(floor, healthy, lesion) / metrics.l1(img, healthy, lesion),
+            "floor_psnr": metrics.psnr(floor, healthy, brain),
+        })  # fmt: skip
+    return _summary(rows)
+
+
 def _summary(rows: list[dict]) -> dict:
     """Mean (and median of the L1 ratio) over subjects, with the count."""
     keys = rows[0].keys()
@@ -191,6 +216,7 @@ def markdown(res: dict, command: str) -> str:
         "| ≥ 30 dB |",
         f"| | SSIM outside the dilated lesion vs input | {h['ssim_outside_vs_input']:.4f} | 1 |",
         f"| | seconds per heal | {h['seconds']:.1f} | |",
+        *_reference_rows(res.get("reference")),
         f"| heal, with mask (n={hm['n']}) | in-lesion L1 / input's (mean, median) | "
         f"{hm['l1_ratio']:.2f}, {hm['l1_ratio_median']:.2f} | ≤ 0.40 |",
         f"| | PSNR / SSIM vs true substrate | {hm['psnr']:.1f} dB / {hm['ssim']:.3f} | |",
@@ -220,6 +246,18 @@ def markdown(res: dict, command: str) -> str:
         lines.append(f"| {name} | {r['l1_ratio']:.2f} | {r['psnr']:.1f} | "
                      f"{r['ssim_outside_vs_input']:.4f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def _reference_rows(r: dict | None) -> list[str]:
+    """The input as it is and the autoencoder floor (same subjects), when measured."""
+    if not r:
+        return []
+    return [
+        f"| reference: the input, unedited | PSNR / SSIM vs true substrate | "
+        f"{r['input_psnr']:.1f} dB / {r['input_ssim']:.3f} | |",
+        f"| reference: true substrate through the autoencoder | in-lesion L1 / input's; PSNR | "
+        f"{r['floor_l1_ratio']:.2f}; {r['floor_psnr']:.1f} dB | |",
+    ]
 
 
 def _masks_rows(g: dict | None) -> list[str]:
@@ -276,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(c) for c in args.steps_table.split(",")]
     res = {
         "weights": bundle.name, "device": str(bundle.device), "lesion_sign": sign,
+        "reference": reference_metrics(bundle, subjects),
         "heal": heal_metrics(bundle, subjects, run, with_mask=False),
         "heal_mask": heal_metrics(bundle, subjects, run, with_mask=True),
         "implant": implant_metrics(bundle, subjects, run, sign),
