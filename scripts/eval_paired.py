@@ -24,7 +24,13 @@ import torch
 from synthbrain import metrics
 from synthbrain.engines.paired_edit import dilate
 from synthbrain.engines.paired_guidance import ACGSettings, SamplerSettings
-from synthbrain.engines.paired_run import SEAM_VOXELS, Bundle, brain_tensor, load_bundle
+from synthbrain.engines.paired_run import (
+    SEAM_VOXELS,
+    Bundle,
+    brain_tensor,
+    decode_images,
+    load_bundle,
+)
 from synthbrain.engines.paired_scan import T_START, edit_images, edit_weight
 
 
@@ -86,8 +92,10 @@ def reference_metrics(bundle: Bundle, subjects) -> dict:
         img, healthy, lesion = s.images["t1"], s.healthy["t1"], s.labels > 0
         brain = s.brain_mask.astype(np.float32)
         image = torch.from_numpy(np.ascontiguousarray(healthy, np.float32))[None, None]
-        recon = (model.decode(model.encode(image.to(bundle.device))).clamp(0, 1).cpu()[0, 0]
-                 .numpy() * brain)  # fmt: skip
+        mask = torch.from_numpy(brain)[None, None].to(bundle.device)
+        recon = (
+            decode_images(model, model.encode(image.to(bundle.device)), mask)[0, 0].cpu().numpy()
+        )
         floor = img + blend_weight(lesion, SEAM_VOXELS) * (recon - img)
         rows.append({
             "input_psnr": metrics.psnr(img, healthy, brain),

@@ -278,9 +278,10 @@ def register_subject(
         )
     except InputError as err:
         # heal's hint (--in-template-space) is no option of preprocess: keep the diagnosis only.
-        why = err.problem.split("; if the scan is already")[0].split(" If it is already")[0]
-        hint = "" if why.endswith("?") else "; is it a brain scan with the right brain mask?"
-        raise InputError(f"{why}{hint}", err.path) from None
+        why = err.problem.split("; if the scan is already")[0]
+        raise InputError(
+            f"{why}; is it a brain scan with the right brain mask?", err.path
+        ) from None
     reg = sg.registration
     assert reg is not None
     r = sg.t1_correlation

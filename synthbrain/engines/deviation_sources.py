@@ -15,9 +15,9 @@ import torch
 from synthbrain.engines.deviation_io import Subject, brain_of, subject_from_volumes
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import Volume
-from synthbrain.phantom.lesions import LESIONS
+from synthbrain.phantom.lesions import LESION_KINDS
 
-PHANTOM_LESIONS = tuple(kind for kind in LESIONS if kind != "none")  # the phantom's own list
+PHANTOM_LESIONS = LESION_KINDS  # the phantom's own list
 MAX_TRIES = 20
 
 

@@ -17,7 +17,12 @@ from scipy import ndimage
 
 from synthbrain.errors import InputError
 from synthbrain.io.geometry import GridTransform, Volume, from_grid, resample, to_grid
-from synthbrain.io.registration import Registration, register_to_template, template_transform
+from synthbrain.io.registration import (
+    Registration,
+    register_to_template,
+    registration_failed,
+    template_transform,
+)
 
 MIN_MASK_OVERLAP = 0.5  # a mask with less of its volume in the brain is refused
 # A registered T1 whose brain correlates less than this with the template T1 is no T1 brain scan
@@ -117,12 +122,10 @@ def scan_to_grid(
     image = np.stack(channels).astype(np.float32)
     r = template_correlation(image[0], t1, brain)
     if t1_weighted and registration is not None and r < MIN_T1_CORRELATION:
-        raise InputError(
-            "cannot register the scan to the MNI152 template: after registration its brain "
-            f"correlates with the template T1 at r = {r:.2f} (need {MIN_T1_CORRELATION:.2f}); "
-            "is it a T1-weighted brain scan? If it is already in MNI152 space, pass "
-            "--in-template-space",
+        raise registration_failed(
             scan.path,
+            f"after registration its brain correlates with the template T1 at r = {r:.2f} "
+            f"(need {MIN_T1_CORRELATION:.2f}), so it does not look like a T1-weighted brain scan",
         )
     return ScanOnGrid(tf, image, brain.astype(np.float32), windows, registration, r)
 

@@ -100,13 +100,12 @@ def phantom_mask(bundle: Bundle, seed: int) -> np.ndarray:
     from synthbrain.engines.paired_edit import template_arrays
     from synthbrain.io.geometry import resample_array
     from synthbrain.phantom import draw_subject, make_subject
-    from synthbrain.phantom.lesions import LESIONS
+    from synthbrain.phantom.lesions import LESION_KINDS
 
     cfg = bundle.model.config
-    kinds = [kind for kind in LESIONS if kind != "none"]
-    if cfg.lesion not in kinds:
+    if cfg.lesion not in LESION_KINDS:
         raise InputError(
-            f"--masks phantom: phantom lesions exist for {', '.join(kinds)}, "
+            f"--masks phantom: phantom lesions exist for {', '.join(LESION_KINDS)}, "
             f"not {cfg.lesion!r}; give a folder of masks"
         )
     _, brain, affine = template_arrays(cfg.spacing, cfg.grid)

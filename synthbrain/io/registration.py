@@ -140,7 +140,9 @@ def register_to_template(
     try:
         reg.Execute(fixed, moving)
     except RuntimeError as exc:
-        raise _failed(scan.path, f"SimpleITK stopped: {str(exc).splitlines()[0]}") from None
+        raise registration_failed(
+            scan.path, f"SimpleITK stopped: {str(exc).splitlines()[0]}"
+        ) from None
     world = _world_matrix(initial)
     overlap = registered_overlap(scan, world, template_affine, template_mask)
     result = Registration(world, float(reg.GetMetricValue()), overlap, reg.GetOptimizerIteration())
@@ -168,19 +170,19 @@ def check_registration(result: Registration, path: Path | None, min_overlap: flo
     det = float(np.linalg.det(linear))
     singular = np.linalg.svd(linear, compute_uv=False)
     if not np.all(np.isfinite(result.world)) or det <= 0:
-        raise _failed(path, "the transform is degenerate (flips or collapses the scan)")
+        raise registration_failed(path, "the transform is degenerate (flips or collapses the scan)")
     if np.any(np.abs(np.log(singular)) > MAX_LOG_SCALE):
         scales = ", ".join(f"{s:.2f}" for s in singular)
-        raise _failed(path, f"the transform scales the scan by {scales} (more than 2x)")
+        raise registration_failed(path, f"the transform scales the scan by {scales} (more than 2x)")
     if not np.isfinite(result.metric) or result.overlap < min_overlap:
-        raise _failed(
+        raise registration_failed(
             path,
             f"the registered scan overlaps the template brain with Dice {result.overlap:.2f} "
             f"(need {min_overlap:.2f})",
         )
 
 
-def _failed(path: Path | None, why: str) -> InputError:
+def registration_failed(path: Path | None, why: str) -> InputError:
     """The error for a scan that cannot be registered to MNI152."""
     return InputError(
         f"cannot register the scan to the MNI152 template: {why}; if the scan is already in "

@@ -18,6 +18,7 @@ from synthbrain.phantom import fields
 from synthbrain.phantom.template import TemplateAnatomy, template, world_axes
 
 LESIONS = ("stroke", "wmh", "tumor", "none")
+LESION_KINDS = tuple(kind for kind in LESIONS if kind != "none")  # the ones with a lesion
 VOLUME_RANGES_ML = {"stroke": (1.0, 150.0), "wmh": (0.5, 40.0), "tumor": (5.0, 200.0)}
 # Contrast compartments of each lesion type, in compartment-index order (1, 2, ...).
 COMPARTMENTS = {
