@@ -33,6 +33,8 @@ from synthbrain.engines.paired_run import (
 )
 from synthbrain.engines.paired_scan import T_START, edit_images, edit_weight
 
+FAR_VOXELS = 6  # "more than 12 mm from the lesion" on the 2 mm grid
+
 
 def held_out(lesion: str, n: int, seed: int, offset: int = 0) -> list:
     """Phantom subjects k = offset … offset + n − 1 of run `seed` (T1, 2 mm)."""
@@ -54,9 +56,14 @@ def _edit(bundle: Bundle, image, brain, mask, kind, run, acg, seed=0) -> tuple[n
     t_start = acg.t_ref
     results, recon = edit_images(bundle, image[None], brain, mask, kind, 1, run, acg, t_start, seed)
     result = results[0]
-    weight = edit_weight(result, recon, brain, mask)
+    weight = edit_weight(result, recon, brain, mask, bundle.model.config.lesion_sign)
     blended = image + weight * (result[0] - image)
     return blended.astype(np.float32), time.perf_counter() - t0
+
+
+def weight_of(out: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """Voxels a heal changed (1) or left bit for bit (0)."""
+    return (out != img).astype(np.float32)
 
 
 def heal_metrics(bundle: Bundle, subjects, run, *, with_mask: bool, target: str = "clean") -> dict:
@@ -69,11 +76,14 @@ def heal_metrics(bundle: Bundle, subjects, run, *, with_mask: bool, target: str 
         mask = lesion if with_mask else None
         out, secs = _edit(bundle, img, brain, mask, "heal", run, acg)
         outside = (brain > 0) & ~dilate(lesion, SEAM_VOXELS)
+        far = (brain > 0) & ~dilate(lesion, FAR_VOXELS)
         rows.append({
             "l1_ratio": metrics.l1(out, healthy, lesion) / metrics.l1(img, healthy, lesion),
             "psnr": metrics.psnr(out, healthy, brain),
             "ssim": metrics.ssim(out, healthy, brain),
             "ssim_outside_vs_input": metrics.ssim(out, img, outside),
+            "unchanged_far": float((out[far] == img[far]).mean()),
+            "edited_ml": float((weight_of(out, img) > 0).sum() * 8e-3),
             "seconds": secs,
         })  # fmt: skip
     return _summary(rows)
@@ -223,6 +233,9 @@ def markdown(res: dict, command: str) -> str:
         f"| | PSNR / SSIM vs true substrate (brain) | {h['psnr']:.1f} dB / {h['ssim']:.3f} "
         "| ≥ 30 dB |",
         f"| | SSIM outside the dilated lesion vs input | {h['ssim_outside_vs_input']:.4f} | 1 |",
+        f"| | voxels > 12 mm from the lesion unchanged; ml edited | "
+        f"{h.get('unchanged_far', float('nan')):.2%}; {h.get('edited_ml', float('nan')):.1f} "
+        "| ≥ 99.9% |",
         f"| | seconds per heal | {h['seconds']:.1f} | |",
         *_reference_rows(res.get("reference")),
         f"| heal, with mask (n={hm['n']}) | in-lesion L1 / input's (mean, median) | "

@@ -260,3 +260,25 @@ def test_cropped_diffusion_training_step():
     batch = {"z": torch.randn(2, 4, 4, 4, 4), "x": torch.full((2, 8, 4, 4, 4), -1.0)}
     out = m.training_step(batch, torch.Generator().manual_seed(0))
     assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+
+
+def test_heal_region_is_one_compact_outlier_not_a_global_drift():
+    import numpy as np
+
+    from synthbrain.engines.paired_edit import anomaly_core
+
+    rng = np.random.default_rng(0)
+    shape = (32, 32, 32)
+    brain = np.zeros(shape, np.float32)
+    brain[2:30, 2:30, 2:30] = 1
+    reference = rng.uniform(0.3, 0.7, shape).astype(np.float32) * brain
+    # The heal brightens the whole brain by 0.1 (drift) plus noise, and a 4³ lesion by 0.5.
+    edited = reference + (0.1 + 0.01 * rng.standard_normal(shape)).astype(np.float32) * brain
+    edited[10:14, 10:14, 10:14] += 0.5
+    edited[22:24, 22:24, 22:24] += 0.05  # a faint second change: not an outlier
+    core = anomaly_core(edited, reference, brain, sign=-1.0)
+    assert core[11:13, 11:13, 11:13].all()
+    assert core.sum() < 400 and not core[22:24, 22:24, 22:24].any()
+    # A lesion darkened (the wrong direction for a heal of a dark lesion) is no edit; nor is drift.
+    assert not anomaly_core(reference - (edited - reference), reference, brain, sign=-1.0).any()
+    assert not anomaly_core(reference + 0.1 * brain, reference, brain, sign=-1.0).any()

@@ -1,8 +1,8 @@
 """heal and implant on a user's scan: register, edit on the model grid, blend back, write.
 
 The written image equals the input voxel for voxel outside the edit region, which is written too
-(`<out stem>_editmask.nii.gz`): for heal, where the healed image differs from the input beyond a
-threshold (smoothed, specks dropped) or the given mask, plus a seam band; for implant, the given
+(`<out stem>_editmask.nii.gz`): for heal, the given mask or else the one compact blob where the
+heal's change stands out (`anomaly_core`; possibly none), plus a seam band; for implant, the given
 mask plus a seam band. Inside, model and input are blended across the band.
 """
 
@@ -17,9 +17,9 @@ import torch
 
 from synthbrain.engines.paired_edit import (
     ScanOnGrid,
+    anomaly_core,
     back_to_scan,
     blend_weight,
-    difference_core,
     mask_to_grid,
     scan_to_grid,
 )
@@ -35,7 +35,10 @@ from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
 
 T_START = {"heal": 300, "implant": 500}
-HEAL_THRESHOLD = 0.1  # |healed − input| (of the [0, 1] window) that counts as an edit
+# A heal without a mask edits one blob whose change stands out by this robust z (anomaly_core);
+# swept on 10 held-out stroke phantoms in docs/paired.md (z 3 … 6: lower z edits more tissue
+# away from the lesion without finding it more often, with the embedded weights).
+HEAL_Z = 6.0
 
 
 def _stem(path: Path) -> str:
@@ -136,7 +139,7 @@ def run_edit(
     run = SamplerSettings(sampler, steps or DEFAULT_STEPS, "linspace", 0.0, bundle.precision)
     acg = ACGSettings(alpha0, k, t_start, acg_target, eta)  # type: ignore[arg-type]
     results, recon = edit_images(bundle, sg.image, sg.brain, mask, kind, n, run, acg, t_start, seed)
-    weight = edit_weight(results[0], recon, sg.brain, mask)
+    weight = edit_weight(results[0], recon, sg.brain, mask, cfg.lesion_sign)
     written = _write(results, weight, sg, volumes[0], images, editmask_path)
     return {
         "engine": "paired",
@@ -160,18 +163,23 @@ def run_edit(
 
 
 def edit_weight(
-    result: np.ndarray, reference: np.ndarray | None, brain: np.ndarray, mask: np.ndarray | None
+    result: np.ndarray,
+    reference: np.ndarray | None,
+    brain: np.ndarray,
+    mask: np.ndarray | None,
+    sign: float = -1.0,
 ) -> np.ndarray:
-    """The blend weight on the grid: the mask, or where a heal changed the image, + seam band.
+    """The blend weight on the grid: the mask, or the one lesion a heal found, + seam band.
 
     `reference` is the autoencoder's reconstruction of the input: comparing the healed image with
-    it (not with the input) sees only what the diffusion changed, not the autoencoder's blur.
+    it (not with the input) compares two decodes, so the autoencoder's blur is not an edit.
+    `sign` is the model's lesion contrast sign (anomaly_core); the region may be empty.
     """
     core = mask
     if core is None:
         if reference is None:
             raise ValueError("a heal without a mask needs the input's reconstruction")
-        core = difference_core(result, reference, brain, threshold=HEAL_THRESHOLD)
+        core = anomaly_core(result, reference, brain, sign=sign, z=HEAL_Z)
     return blend_weight(core, SEAM_VOXELS)
 
 
