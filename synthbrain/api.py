@@ -13,6 +13,7 @@ from typing import Any
 from synthbrain import engines
 from synthbrain.config import PhantomConfig, PreprocessConfig, resolve, to_json_dict
 from synthbrain.errors import InputError
+from synthbrain.io.atomic import check_writable
 from synthbrain.progress import Reporter
 
 __all__ = [
@@ -91,6 +92,10 @@ def phantom(
     )
     if hdf5 is not None and Path(hdf5).exists() and not overwrite:
         raise InputError("HDF5 file exists already (use --overwrite to replace it)", hdf5)
+    if out is not None and not Path(out).is_file():  # a file there: the run writer says so
+        check_writable(out, folder=True, what="run folder")
+    if hdf5 is not None:
+        check_writable(hdf5, folder=False)
     return run_phantom(
         config,
         out=out,
@@ -127,6 +132,8 @@ def preprocess(
     for path in inputs:
         if not Path(path).exists():
             raise InputError("input not found", path)
+    if not Path(out).is_dir():  # a folder there: the pipeline says so
+        check_writable(out, folder=False)
     from synthbrain import preprocess as pipeline
 
     started = time.perf_counter()
@@ -184,6 +191,7 @@ def train(
     engines.check_name(engine)
     if not Path(data).is_file():
         raise InputError("training set not found", data)
+    check_writable(out, folder=True, what="run folder")
     module = engines.load(engine, command="train")
     return module.train(
         data=Path(data),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from synthbrain.errors import InputError
+from synthbrain.io.atomic import check_writable
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -50,6 +51,7 @@ def check_output_file(out: Path, inputs: list[Path], overwrite: bool) -> Path:
     for given in inputs:
         if given is not None and out.resolve() == Path(given).resolve():
             raise InputError("output would overwrite an input file; choose another --out", out)
+    check_writable(out, folder=False)
     if out.exists() and not overwrite:
         raise InputError("output exists already (use --overwrite to replace it)", out)
     if not out.parent.exists():
@@ -171,6 +173,7 @@ def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: b
         raise InputError("--masks must be a folder of NIfTI files or 'phantom'", masks)
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError("output exists and is not a folder", out)
+    check_writable(out, folder=True, what="run folder")
 
 
 # Options only some engines read, per command: api keyword -> (CLI flag, the engines that read it).

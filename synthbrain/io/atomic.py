@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from synthbrain.errors import InputError
+
+# What `temp_name` makes: .<stem>.tmp-<pid>-<8 hex><suffixes>.
+_TEMP_RE = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}(\.[A-Za-z0-9]+){0,2}$")
+# No write of one file keeps its temp name this long (it is renamed right after fsync), so an
+# older one was left by a killed writer, whichever host or shard it ran on.
+STALE_TEMP_SECONDS = 600.0
 
 
 def temp_name(path: Path) -> Path:
@@ -15,6 +25,51 @@ def temp_name(path: Path) -> Path:
     suffixes = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
     stem = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
     return path.with_name(f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffixes}")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one that `temp_name` makes."""
+    return bool(_TEMP_RE.match(name))
+
+
+def remove_stale_temps(root: Path, *, any_age: bool) -> list[Path]:
+    """Delete the temp files a killed writer left under `root`; returns what was deleted.
+
+    With `any_age` every one of ours goes (no other writer can be using the folder); otherwise
+    only those older than STALE_TEMP_SECONDS, so a live writer's file is never taken.
+    """
+    now, removed = time.time(), []
+    for path in sorted(p for p in Path(root).rglob(".*.tmp-*") if is_temp_name(p.name)):
+        with contextlib.suppress(OSError):
+            if path.is_file() and (any_age or now - path.stat().st_mtime > STALE_TEMP_SECONDS):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def check_writable(target: str | os.PathLike[str], *, folder: bool, what: str = "output") -> Path:
+    """Refuse (InputError, exit 2) an output that cannot be written where it is asked for.
+
+    `target` is a file (written into its parent) or, with `folder`, a folder written into. The
+    nearest existing folder on the way must be a folder, not a plain file, and a file must be
+    creatable in it: this is tried for real (a probe file made and deleted), since permission
+    bits say nothing for root, ACLs or read-only mounts. Commands call it before any work.
+    """
+    target = Path(target)
+    start = target.absolute() if folder else target.absolute().parent
+    ancestor = next(p for p in (start, *start.parents) if os.path.lexists(p))
+    if not ancestor.is_dir():
+        raise InputError(f"is a file, not a folder; cannot write {what} {target}", ancestor)
+    probe = ancestor / f".synthbrain-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        problem = f"folder is not writable ({exc.strerror or exc}); cannot write {what} {target}"
+        raise InputError(problem, ancestor) from None
+    return target
 
 
 def fsync_file(path: Path) -> None:

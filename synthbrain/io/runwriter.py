@@ -17,6 +17,7 @@ from typing import Any
 
 from synthbrain.errors import InputError
 from synthbrain.io import outputs as out_io
+from synthbrain.io.atomic import check_writable, remove_stale_temps
 from synthbrain.io.layouts import Layout, make_layout
 from synthbrain.io.outputs import (
     CONFIG_NAME,
@@ -188,6 +189,8 @@ class RunWriter:
         )
         self.manifest_path = self.out_dir / out_io.manifest_name(shard)
         self.state = self._prepare(overwrite, resume, identity_keys)
+        if self.state != "new":
+            remove_stale_temps(self.out_dir, any_age=self._alone(shard))
         self._labels = self._known_labels()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out_dir / CONFIG_NAME, self.config)
@@ -200,6 +203,7 @@ class RunWriter:
         root = self.out_dir
         if root.exists() and not root.is_dir():
             raise InputError("output path exists and is not a folder", root)
+        check_writable(root, folder=True, what="run folder")
         if not root.exists():
             return "new"
         manifests = out_io.manifest_paths(root)
@@ -227,6 +231,12 @@ class RunWriter:
             return "overwrite"
         out_io.repair_tail(self.manifest_path)
         return "resume" if resume else "same"
+
+    def _alone(self, shard: tuple[int, int] | None) -> bool:
+        """Whether no other writer can be using the folder: unsharded, no other manifest."""
+        unsharded = shard is None or int(shard[1]) <= 1
+        others = [p for p in out_io.manifest_paths(self.out_dir) if p != self.manifest_path]
+        return unsharded and not others
 
     def _refuse_foreign_layout_files(self) -> None:
         """InputError when layout folders or metadata exist in a folder that holds no run."""
