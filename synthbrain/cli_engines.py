@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from synthbrain.cli import (
+from synthbrain.cli_options import (
     Device,
     Json,
     Layout,

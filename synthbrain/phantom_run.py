@@ -78,7 +78,7 @@ def run_phantom(
     With workers > 1 subjects are made in a process pool, in order, while this process writes.
     """
     from synthbrain.io.dataset import H5Writer
-    from synthbrain.io.outputs import RunWriter
+    from synthbrain.io.runwriter import RunWriter
     from synthbrain.phantom import grid_shape
     from synthbrain.rng import shard_indices
 

@@ -10,7 +10,6 @@ from synthbrain.errors import InputError
 from synthbrain.io import outputs
 from synthbrain.io.nifti import Volume
 from synthbrain.io.outputs import (
-    RunWriter,
     atomic_write_bytes,
     atomic_write_json,
     lesion_volume_ml,
@@ -19,6 +18,7 @@ from synthbrain.io.outputs import (
     sha256_file,
     validate_manifest,
 )
+from synthbrain.io.runwriter import RunWriter
 from synthbrain.rng import Shard, derive_seed, shard_indices
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])

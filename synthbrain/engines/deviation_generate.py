@@ -127,7 +127,7 @@ def generate(*, out: Path, reporter: Reporter | None = None, **options: Any) -> 
     shapes), layout, preview, shard, seed, device, overwrite, resume; and severity, variants
     (lesions per anatomy and mask), eta.
     """
-    from synthbrain.io.outputs import RunWriter
+    from synthbrain.io.runwriter import RunWriter
     from synthbrain.rng import shard_indices
 
     started = time.perf_counter()

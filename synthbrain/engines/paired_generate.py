@@ -196,7 +196,7 @@ def run_generate(
     reporter: Reporter,
 ) -> dict[str, Any]:
     """Write this shard's samples; returns the JSON-ready summary."""
-    from synthbrain.io.outputs import RunWriter
+    from synthbrain.io.runwriter import RunWriter
     from synthbrain.rng import shard_indices
 
     started = time.perf_counter()

@@ -322,15 +322,6 @@ def _rebase(record: dict, src_dir: Path, dst_dir: Path) -> dict:
     return {**record, "files": files}
 
 
-def __getattr__(name: str) -> Any:
-    """`RunWriter` and `config_differences` live in `synthbrain.io.runwriter` (short modules)."""
-    if name in {"RunWriter", "config_differences", "clear_run"}:
-        from synthbrain.io import runwriter
-
-        return getattr(runwriter, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "ManifestReport",
     "append_line",
