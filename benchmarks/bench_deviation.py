@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthbrain.engines.deviation_io import subject_from_volumes
-from synthbrain.engines.deviation_run import edit_subject, load_bundle
+from synthbrain.engines.deviation.io import subject_from_volumes
+from synthbrain.engines.deviation.run import edit_subject, load_bundle
 from synthbrain.io.nifti import Volume, resample
 
 VOLUMES_ML = (1.0, 5.0, 10.0, 30.0, 60.0)
@@ -78,8 +78,8 @@ def conv_macs(net: torch.nn.Module, *args: torch.Tensor) -> int:
 
 def implant_gmacs(model, subject, steps: int) -> float:  # noqa: ANN001
     """Machine-independent cost of one implant: f_sub once plus ε_θ once per step (GMAC)."""
-    from synthbrain.engines.deviation import box_batch
-    from synthbrain.engines.deviation_io import lesion_grid, to_box
+    from synthbrain.engines.deviation.io import lesion_grid, to_box
+    from synthbrain.engines.deviation.tensors import box_batch
 
     cfg = model.config
     grid = lesion_grid(subject, spacing=cfg.spacing, margin_mm=cfg.margin_mm,
@@ -109,7 +109,7 @@ def time_implant(model, vols, ml: float, steps: int | None, repeats: int) -> dic
 
 def time_generate(weights: str, lesion: str, n: int, device: str) -> float:
     """Seconds per generated triplet (phantom anatomy and mask, written as NIfTI)."""
-    from synthbrain.engines.deviation_generate import generate
+    from synthbrain.engines.deviation.generation import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         generate(out=Path(tmp) / "run", n=1, weights=weights, lesion=lesion, device=device)

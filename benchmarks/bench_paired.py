@@ -34,10 +34,10 @@ def run_one(name: str, device: str, weights: str | None, n: int) -> dict:
     import numpy as np
     import torch
 
-    from synthbrain.engines.paired_generate import make_triplets
-    from synthbrain.engines.paired_guidance import ACGSettings, SamplerSettings
-    from synthbrain.engines.paired_run import brain_tensor, load_bundle
-    from synthbrain.engines.paired_scan import edit_images
+    from synthbrain.engines.paired.generation import make_triplets
+    from synthbrain.engines.paired.guidance import ACGSettings, SamplerSettings
+    from synthbrain.engines.paired.run import brain_tensor, load_bundle
+    from synthbrain.engines.paired.scan import edit_images
     from synthbrain.rng import derive_seed, generator_for
 
     gen_steps, sub_steps, heal_steps, precision, cuda_batch = CONFIGS[name]

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from synthbrain import metrics
-from synthbrain.engines.deformation_run import load_model
-from synthbrain.engines.deformation_volume import enhance_volume
+from synthbrain.engines.deformation.run import load_model
+from synthbrain.engines.deformation.volume import enhance_volume
 from synthbrain.phantom import iter_subjects
 
 CONTRASTS = ("t1", "t1gd", "t2", "flair")

@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthbrain.engines.deviation import (
+from synthbrain.engines.deviation.io import lesion_grid, subject_from_volumes, to_box
+from synthbrain.engines.deviation.ops import harmonic_fill
+from synthbrain.engines.deviation.run import load_bundle
+from synthbrain.engines.deviation.tensors import (
     availability,
     box_batch,
     element_generators,
@@ -39,9 +42,6 @@ from synthbrain.engines.deviation import (
     implant_tensors,
     unbatch,
 )
-from synthbrain.engines.deviation_io import lesion_grid, subject_from_volumes, to_box
-from synthbrain.engines.deviation_ops import harmonic_fill
-from synthbrain.engines.deviation_run import load_bundle
 from synthbrain.io.nifti import Volume
 from synthbrain.metrics import first_order, realism_auc, texture_statistics
 
@@ -108,7 +108,7 @@ def inpaint_shift(box, shift: np.ndarray, dims: int) -> np.ndarray:  # noqa: ANN
 
 def mean_shift(train_set: Path, config, max_items: int = 300) -> np.ndarray:  # noqa: ANN001
     """Per-contrast mean of x − Inp(x, m) over training lesion voxels."""
-    from synthbrain.engines.deviation_train import LesionItems
+    from synthbrain.engines.deviation.training import LesionItems
 
     items = LesionItems(train_set, "train", config)
     picks = np.linspace(0, len(items) - 1, min(max_items, len(items))).astype(int)

@@ -22,16 +22,16 @@ import numpy as np
 import torch
 
 from synthbrain import metrics
-from synthbrain.engines.paired_edit import dilate
-from synthbrain.engines.paired_guidance import ACGSettings, SamplerSettings
-from synthbrain.engines.paired_run import (
+from synthbrain.engines.paired.edit import dilate
+from synthbrain.engines.paired.guidance import ACGSettings, SamplerSettings
+from synthbrain.engines.paired.run import (
     SEAM_VOXELS,
     Bundle,
     brain_tensor,
     decode_images,
     load_bundle,
 )
-from synthbrain.engines.paired_scan import T_START, edit_images, edit_weight
+from synthbrain.engines.paired.scan import T_START, edit_images, edit_weight
 
 FAR_VOXELS = 6  # "more than 12 mm from the lesion" on the 2 mm grid
 
@@ -95,7 +95,7 @@ def reference_metrics(bundle: Bundle, subjects) -> dict:
     The floor is the true substrate passed through the autoencoder and blended into the lesion
     (with the seam band) the way a heal is: no heal in this latent space can do better.
     """
-    from synthbrain.engines.paired_edit import blend_weight
+    from synthbrain.engines.paired.edit import blend_weight
 
     model, rows = bundle.model, []
     for s in subjects:
@@ -169,7 +169,7 @@ def generate_metrics(
 ) -> dict:
     """Masks, lesion volumes, contrast sign and realism AUC of n generated triplets: joint
     (task a), or with `phantom_masks` the images for phantom lesion masks (task b)."""
-    from synthbrain.engines.paired_generate import make_triplets, phantom_mask
+    from synthbrain.engines.paired.generation import make_triplets, phantom_mask
     from synthbrain.rng import derive_seed, generator_for
 
     brain_t = brain_tensor(bundle)

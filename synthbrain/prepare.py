@@ -262,7 +262,7 @@ def register_subject(
     skull and neck do not pull it off the skull-stripped template. InputError when the
     registration fails its sanity checks, or a registered T1 does not resemble the template.
     """
-    from synthbrain.engines.paired_edit import scan_to_grid
+    from synthbrain.engines.paired.edit import scan_to_grid
 
     contrast = "t1" if "t1" in sub.images else next(iter(sub.images))
     vol = sub.images[contrast]

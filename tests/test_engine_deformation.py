@@ -23,14 +23,14 @@ from niftis import (
 )
 
 from synthbrain.diffusion import StepState, sample, timesteps
-from synthbrain.engines import deformation as d3m
-from synthbrain.engines.deformation_config import DeformationConfig, load_config
-from synthbrain.engines.deformation_data import (
+from synthbrain.engines.deformation import model as d3m
+from synthbrain.engines.deformation.config import DeformationConfig, load_config
+from synthbrain.engines.deformation.data import (
     EnhanceSlices,
     crop_batch,
     enhancing_label,
 )
-from synthbrain.engines.deformation_volume import enhance_volume, slice_stack
+from synthbrain.engines.deformation.volume import enhance_volume, slice_stack
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import H5Writer, SliceDataset
 
@@ -194,7 +194,10 @@ def test_config_refuses_deformation_without_a_mask_stream_and_odd_crops():
 
 
 def test_commands_other_than_enhance_say_so():
-    for call in (lambda: d3m.generate(), lambda: d3m.heal(None), lambda: d3m.implant(None)):
+    from synthbrain.engines import deformation
+
+    calls = (deformation.generate, lambda: deformation.heal(None), lambda: deformation.implant(None))
+    for call in calls:
         with pytest.raises(InputError, match="enhance"):
             call()
 
@@ -296,7 +299,7 @@ def test_shared_noise_gives_equal_slices_for_equal_inputs():
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     """A tiny model trained for 2 steps on the tiny set; its exported fp16 file."""
-    from synthbrain.engines import deformation_run
+    from synthbrain.engines.deformation import run as deformation_run
 
     root = tmp_path_factory.mktemp("d3m")
     summary = deformation_run.train(
@@ -310,7 +313,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 def test_trained_weights_are_fp16_and_rebuild_their_model(tiny_weights):
     from safetensors.torch import load_file
 
-    from synthbrain.engines.deformation_run import load_model
+    from synthbrain.engines.deformation.run import load_model
 
     assert all(v.dtype == torch.float16 for v in load_file(tiny_weights).values())
     model, info = load_model(tiny_weights)
@@ -407,7 +410,7 @@ def _blobs(shape, affine, shift=(0.0, 0.0, 0.0)) -> np.ndarray:
 
 
 def test_rigid_registration_recovers_a_shift_on_an_oblique_grid():
-    from synthbrain.engines.deformation_inputs import register_rigid
+    from synthbrain.engines.deformation.inputs import register_rigid
     from synthbrain.io.nifti import Volume, resample_to
 
     shape = (32, 32, 32)

@@ -13,7 +13,7 @@ from synthbrain.train import launch_local
 
 def _train(data: str, out: str) -> None:
     """One rank: the engine's own train command (fit joins the process group)."""
-    from synthbrain.engines import deformation_run
+    from synthbrain.engines.deformation import run as deformation_run
 
     deformation_run.train(data=Path(data), out=Path(out), steps=2, batch_size=2, device="cpu",
                           overrides=TINY)  # fmt: skip

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from synthbrain.diffusion import Hook
-from synthbrain.engines.deviation import (
+from synthbrain.engines.deviation.config import load_config
+from synthbrain.engines.deviation.ops import (
+    blend_map,
+    crop,
+    harmonic_fill,
+    lesion_window,
+    ring_weight,
+)
+from synthbrain.engines.deviation.tensors import (
     DeviationConfig,
     DeviationModel,
     MaskProjection,
@@ -16,14 +24,6 @@ from synthbrain.engines.deviation import (
     heal_tensors,
     implant_tensors,
     unbatch,
-)
-from synthbrain.engines.deviation_config import load_config
-from synthbrain.engines.deviation_ops import (
-    blend_map,
-    crop,
-    harmonic_fill,
-    lesion_window,
-    ring_weight,
 )
 from synthbrain.errors import InputError
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from synthbrain import api
-from synthbrain.engines.deviation import DeviationModel
-from synthbrain.engines.deviation_config import load_config
-from synthbrain.engines.deviation_run import save_weights
+from synthbrain.engines.deviation.config import load_config
+from synthbrain.engines.deviation.run import save_weights
+from synthbrain.engines.deviation.tensors import DeviationModel
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import load_volume
 from tests.niftis import (
@@ -220,7 +220,7 @@ def test_train_tiny_set_then_implant(tmp_path):
                            labels=labels, attrs={"spacing": [2.0] * 3})  # fmt: skip
     writer.finish(split_fractions=(0.5, 0.5, 0.0), seed=0, slices=True)
     overrides = {**TINY, "train.num_workers": 0, "train.val_batches": 1, "train.warmup": 1}
-    from synthbrain.engines.deviation_train import train
+    from synthbrain.engines.deviation.training import train
 
     summary = train(data=tmp_path / "set.h5", out=tmp_path / "run", steps=2, batch_size=2,
                     device="cpu", overrides=overrides)  # fmt: skip

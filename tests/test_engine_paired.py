@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from synthbrain.diffusion import StepState, make_schedule, sample, timesteps
-from synthbrain.engines.paired import (
-    PairedConfig,
-    PairedModel,
-    depth_to_space,
-    space_to_depth,
-)
-from synthbrain.engines.paired_guidance import (
+from synthbrain.engines.paired.guidance import (
     ACGSettings,
     AnatomyConsistency,
     FixLesion,
@@ -21,6 +15,12 @@ from synthbrain.engines.paired_guidance import (
     sample_given_mask,
     sample_joint,
     substrate_steps,
+)
+from synthbrain.engines.paired.model import (
+    PairedConfig,
+    PairedModel,
+    depth_to_space,
+    space_to_depth,
 )
 
 
@@ -194,7 +194,7 @@ def test_substrate_steps_keep_the_stride():
 
 
 def test_anomaly_randomisation_is_replayable_and_lesion_like():
-    from synthbrain.engines.paired_data import apply_anomaly, draw_anomaly, transform_mask
+    from synthbrain.engines.paired.data import apply_anomaly, draw_anomaly, transform_mask
 
     brain = torch.zeros(20, 20, 20, dtype=torch.uint8)
     brain[2:18, 2:18, 2:18] = 1
@@ -240,7 +240,7 @@ def test_v_model_trains_and_samples():
 
 
 def test_latent_crops_centre_on_lesions_and_replay():
-    from synthbrain.engines.paired_data import crop_latents
+    from synthbrain.engines.paired.data import crop_latents
 
     z = torch.randn(3, 4, 10, 12, 8)
     x = torch.full((3, 8, 10, 12, 8), -1.0)
@@ -265,7 +265,7 @@ def test_cropped_diffusion_training_step():
 def test_heal_region_is_one_compact_outlier_not_a_global_drift():
     import numpy as np
 
-    from synthbrain.engines.paired_edit import anomaly_core
+    from synthbrain.engines.paired.edit import anomaly_core
 
     rng = np.random.default_rng(0)
     shape = (32, 32, 32)

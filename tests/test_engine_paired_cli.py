@@ -52,7 +52,7 @@ def test_generate_with_embedded_weights(tmp_path, capsys):
 
 @needs_weights
 def test_heal_with_embedded_weights_keeps_the_scan(tmp_path, capsys):
-    from synthbrain.engines.paired_edit import template_arrays
+    from synthbrain.engines.paired.edit import template_arrays
     from synthbrain.io.geometry import resample_array
 
     t1, _, t_aff = template_arrays(2.0)

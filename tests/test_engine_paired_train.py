@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthbrain.engines import paired_train
-from synthbrain.engines.paired_entry import entry_name
+from synthbrain.engines.paired import training as paired_train
+from synthbrain.engines.paired.entry import entry_name
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import H5Writer
 from synthbrain.weights import read_metadata, registry, resolve
@@ -216,8 +216,8 @@ def test_load_denoisers_copies_both_sub_models(tmp_path):
     """[diffusion] weights: stage B starts from stage A's sub-models, and a misfit is refused."""
     import torch
 
-    from synthbrain.engines.paired import PairedConfig, PairedModel
-    from synthbrain.engines.paired_train import export_bundle, load_denoisers
+    from synthbrain.engines.paired.model import PairedConfig, PairedModel
+    from synthbrain.engines.paired.training import export_bundle, load_denoisers
 
     tiny = dict(
         grid=(16, 16, 16), spacing=12.0, ae_base_channels=4, ae_channel_mults=(1, 2, 2),

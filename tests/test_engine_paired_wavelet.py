@@ -1,6 +1,6 @@
 import torch
 
-from synthbrain.engines.paired_wavelet import haar_forward, haar_inverse
+from synthbrain.engines.paired.wavelet import haar_forward, haar_inverse
 
 
 def test_two_level_haar_has_the_latent_shape_and_an_exact_inverse():

@@ -23,8 +23,8 @@ from synthbrain.diffusion import (
     timesteps,
     x0_from_eps,
 )
-from synthbrain.engines.deviation_config import DeviationConfig
-from synthbrain.engines.deviation_ops import (
+from synthbrain.engines.deviation.config import DeviationConfig
+from synthbrain.engines.deviation.ops import (
     blend_map,
     crop,
     harmonic_fill,

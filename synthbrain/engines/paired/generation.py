@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthbrain.engines.paired_guidance import (
+from synthbrain.engines.paired.guidance import (
     SamplerSettings,
     autocast_for,
     sample_given_mask,
     sample_joint,
 )
-from synthbrain.engines.paired_run import (
+from synthbrain.engines.paired.run import (
     SEAM_VOXELS,
     Bundle,
     brain_tensor,
@@ -52,7 +52,7 @@ def sample_id(k: int) -> str:
 
 def load_mask_folder(folder: Path, bundle: Bundle) -> list[np.ndarray]:
     """Masks (MNI152 space, any grid) on the model grid, each checked against the brain."""
-    from synthbrain.engines.paired_edit import MIN_MASK_OVERLAP, template_arrays
+    from synthbrain.engines.paired.edit import MIN_MASK_OVERLAP, template_arrays
     from synthbrain.io.geometry import resample_array
     from synthbrain.io.nifti import load_volume
     from synthbrain.io.validate import mask_brain_overlap
@@ -97,7 +97,7 @@ def phantom_mask(bundle: Bundle, seed: int) -> np.ndarray:
     The phantom subject's lesion sits in its own (warped MNI152) anatomy, so it lands near the
     same structures of the template; a draw that leaves the template brain is redrawn.
     """
-    from synthbrain.engines.paired_edit import template_arrays
+    from synthbrain.engines.paired.edit import template_arrays
     from synthbrain.io.geometry import resample_array
     from synthbrain.phantom import draw_subject, make_subject
     from synthbrain.phantom.lesions import LESION_KINDS
@@ -262,7 +262,7 @@ def _write_all(bundle, writer, todo, batch_size, run, masks, seed, preview, repo
 
 def _grid_affine(bundle: Bundle) -> np.ndarray:
     """The model grid's affine (MNI152 space)."""
-    from synthbrain.engines.paired_edit import template_arrays
+    from synthbrain.engines.paired.edit import template_arrays
 
     return template_arrays(bundle.model.config.spacing, bundle.model.config.grid)[2]
 

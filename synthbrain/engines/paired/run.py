@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthbrain.engines.paired import PairedConfig, PairedModel
-from synthbrain.engines.paired_guidance import (
+from synthbrain.engines.paired.guidance import (
     ACGSettings,
     SamplerSettings,
     edit,
     substrate_steps,
 )
+from synthbrain.engines.paired.model import PairedConfig, PairedModel
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
 
@@ -106,7 +106,7 @@ def soft_to_mask(model: PairedModel, x: torch.Tensor, brain: torch.Tensor) -> to
 
 def composite(base: torch.Tensor, edited: torch.Tensor, core: torch.Tensor, seam: int) -> tuple:
     """base + w·(edited − base), w = 1 on the core falling to 0 across the seam band."""
-    from synthbrain.engines.paired_edit import blend_weight
+    from synthbrain.engines.paired.edit import blend_weight
 
     w = np.stack([blend_weight(c[0].cpu().numpy(), seam) for c in core])[:, None]
     w_t = torch.from_numpy(w).to(base.device)
@@ -138,7 +138,7 @@ def healed_substrate(
 
 def brain_tensor(bundle: Bundle) -> torch.Tensor:
     """The template brain mask on the model grid, [1, 1, *grid]."""
-    from synthbrain.engines.paired_edit import template_arrays
+    from synthbrain.engines.paired.edit import template_arrays
 
     brain = template_arrays(bundle.model.config.spacing, bundle.model.config.grid)[1]
     return torch.from_numpy(np.array(brain, np.float32))[None, None].to(bundle.device)
@@ -187,7 +187,7 @@ def generate(
         overwrite, resume: what to do with a folder holding a previous run.
         precision: "fp32" or "bf16" (default bf16 on CUDA).
     """
-    from synthbrain.engines.paired_generate import run_generate
+    from synthbrain.engines.paired.generation import run_generate
 
     if anatomy is not None:
         raise InputError("--anatomy is for the deviation engine; the paired engine draws anatomy")
@@ -217,13 +217,13 @@ def _shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
 
 def heal(inputs: Any, **options: Any) -> dict[str, Any]:
     """The healthy counterpart of `inputs.scan` on its own grid (see `paired_scan.run_edit`)."""
-    from synthbrain.engines.paired_scan import run_edit
+    from synthbrain.engines.paired.scan import run_edit
 
     return run_edit("heal", inputs, **options)
 
 
 def implant(inputs: Any, **options: Any) -> dict[str, Any]:
     """`inputs.scan` with the lesion of `inputs.mask` implanted (see `paired_scan.run_edit`)."""
-    from synthbrain.engines.paired_scan import run_edit
+    from synthbrain.engines.paired.scan import run_edit
 
     return run_edit("implant", inputs, **options)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from synthbrain.engines.deformation_config import ENHANCING_LABEL
+from synthbrain.engines.deformation.config import ENHANCING_LABEL
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import SliceDataset, read_info, split_ids
 

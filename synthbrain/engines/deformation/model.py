@@ -30,8 +30,8 @@ from synthbrain.diffusion import (
     v_from_x0_eps,
     x0_from_v,
 )
-from synthbrain.engines.deformation_config import DeformationConfig
-from synthbrain.engines.deformation_data import crop_batch, flip_batch
+from synthbrain.engines.deformation.config import DeformationConfig
+from synthbrain.engines.deformation.data import crop_batch, flip_batch
 from synthbrain.errors import InputError
 from synthbrain.nets import UNet, smoothness, warp
 
@@ -291,43 +291,3 @@ class WarpHook(Hook):
         if self.warp_net is not None and self.mode == "combined" and state.x_next is not None:
             state.x_next = warp(state.x_next, self._u)
         return state
-
-
-# ---------------------------------------------------------------------- commands
-
-
-def train(**options: Any) -> dict[str, Any]:
-    """`synthbrain train --engine deformation` (see `deformation_run.train`)."""
-    from synthbrain.engines import deformation_run
-
-    return deformation_run.train(**options)
-
-
-def enhance(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`synthbrain enhance` (see `deformation_run.enhance`)."""
-    from synthbrain.engines import deformation_run
-
-    return deformation_run.enhance(inputs, **options)
-
-
-def _only_enhance(command: str) -> InputError:
-    """The error for commands D3M does not do."""
-    return InputError(
-        f"the deformation engine (D3M) synthesises contrast-enhanced T1 only; it has no "
-        f"`{command}`: use `synthbrain enhance`, or --engine paired / deviation for {command}"
-    )
-
-
-def generate(**_: Any) -> dict[str, Any]:
-    """Not a D3M command: raises InputError pointing to `enhance` and the other engines."""
-    raise _only_enhance("generate")
-
-
-def heal(inputs: Any, **_: Any) -> dict[str, Any]:
-    """Not a D3M command: raises InputError pointing to `enhance` and the other engines."""
-    raise _only_enhance("heal")
-
-
-def implant(inputs: Any, **_: Any) -> dict[str, Any]:
-    """Not a D3M command: raises InputError pointing to `enhance` and the other engines."""
-    raise _only_enhance("implant")

@@ -37,7 +37,7 @@ from synthbrain.diffusion import (
     start_from,
     timesteps,
 )
-from synthbrain.engines.paired import PairedModel
+from synthbrain.engines.paired.model import PairedModel
 
 Target = Literal["clean", "renoised"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthbrain.engines.deviation_io import Subject, brain_of, subject_from_volumes
+from synthbrain.engines.deviation.io import Subject, brain_of, subject_from_volumes
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import Volume
 from synthbrain.phantom.lesions import LESION_KINDS

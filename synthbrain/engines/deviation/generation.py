@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthbrain.engines.deviation_run import Bundle, edit_subject, load_bundle
-from synthbrain.engines.deviation_sources import Pair, Sources
+from synthbrain.engines.deviation.run import Bundle, edit_subject, load_bundle
+from synthbrain.engines.deviation.sources import Pair, Sources
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from synthbrain.diffusion import Schedule, make_schedule, q_sample, to_x0_eps, v_from_x0_eps
-from synthbrain.engines.paired_data import crop_latents
+from synthbrain.engines.paired.data import crop_latents
 from synthbrain.nets import KLAutoencoder, UNet, autoencoder_loss
 
 STAGES = ("autoencoder", "diffusion")
@@ -321,31 +321,3 @@ def build_model(config: PairedConfig | dict[str, Any], **kwargs: Any) -> PairedM
 
 
 # ---------------------------------------------------------------------- engine entry points
-
-
-def train(**options: Any) -> dict[str, Any]:
-    """`synthbrain train --engine paired` (see `paired_train.train`)."""
-    from synthbrain.engines.paired_train import train as run
-
-    return run(**options)
-
-
-def generate(**options: Any) -> dict[str, Any]:
-    """`synthbrain generate` with the paired engine (see `paired_run.generate`)."""
-    from synthbrain.engines.paired_run import generate as run
-
-    return run(**options)
-
-
-def heal(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`synthbrain heal` with the paired engine (see `paired_run.heal`)."""
-    from synthbrain.engines.paired_run import heal as run
-
-    return run(inputs, **options)
-
-
-def implant(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`synthbrain implant` with the paired engine (see `paired_run.implant`)."""
-    from synthbrain.engines.paired_run import implant as run
-
-    return run(inputs, **options)

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from synthbrain.engines.paired import PairedConfig, PairedModel
-from synthbrain.engines.paired_entry import weights_entry
+from synthbrain.engines.paired.entry import weights_entry
+from synthbrain.engines.paired.model import PairedConfig, PairedModel
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
 from synthbrain.train import is_main_process, process_group
@@ -234,7 +234,7 @@ def _stage_autoencoder(
     model: PairedModel, data: Path, cfg: PairedTrainConfig, out: Path, resume: bool, rep: Reporter
 ) -> dict[str, Any]:
     """Fit the autoencoder on crops, or load one from `autoencoder.weights`."""
-    from synthbrain.engines.paired_data import CropDataset
+    from synthbrain.engines.paired.data import CropDataset
     from synthbrain.train import fit
 
     settings = cfg.autoencoder
@@ -305,7 +305,7 @@ def _latents(
     model: PairedModel, data: Path, cfg: PairedTrainConfig, out: Path, resume: bool, rep: Reporter
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """Encode every stage-2 example once (cached in out/latents.pt when resuming)."""
-    from synthbrain.engines.paired_latents import compute_latents, load_latents, save_latents
+    from synthbrain.engines.paired.latents import compute_latents, load_latents, save_latents
 
     cache = out / "latents.pt"
     if resume and cache.exists():
@@ -331,7 +331,7 @@ def _stage_diffusion(
     rep: Reporter,
 ) -> dict[str, Any]:
     """Fit both sub-models on the latents (the autoencoder frozen)."""
-    from synthbrain.engines.paired_data import LatentDataset
+    from synthbrain.engines.paired.data import LatentDataset
     from synthbrain.train import fit
 
     model.stage = "diffusion"

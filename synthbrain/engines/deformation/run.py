@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthbrain.engines.deformation import DeformationModel
-from synthbrain.engines.deformation_config import (
+from synthbrain.engines.deformation.config import (
     ENHANCING_LABEL,
     DeformationConfig,
     load_config,
 )
-from synthbrain.engines.deformation_data import EnhanceSlices, describe, enhancing_label
+from synthbrain.engines.deformation.data import EnhanceSlices, describe, enhancing_label
+from synthbrain.engines.deformation.model import DeformationModel
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
 
@@ -188,12 +188,12 @@ def enhance(
     Returns:
         A JSON-ready summary: files written, weights name and sha256, seed, seconds, labels.
     """
-    from synthbrain.engines.deformation_inputs import (
+    from synthbrain.engines.deformation.inputs import (
         compose_outputs,
         register_rigid,
         to_model_grid,
     )
-    from synthbrain.engines.deformation_volume import brain_box, enhance_volume
+    from synthbrain.engines.deformation.volume import brain_box, enhance_volume
     from synthbrain.io.nifti import save_volume
     from synthbrain.io.outputs import atomic_write_json
     from synthbrain.training.config import resolve_device

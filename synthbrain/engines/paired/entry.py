@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from synthbrain.io.outputs import sha256_file
 
 if TYPE_CHECKING:
-    from synthbrain.engines.paired import PairedModel
-    from synthbrain.engines.paired_train import PairedTrainConfig
+    from synthbrain.engines.paired.model import PairedModel
+    from synthbrain.engines.paired.training import PairedTrainConfig
 
 WEIGHTS_LICENCE = "Apache-2.0"
 

@@ -14,16 +14,15 @@ modules `deviation_train`, `deviation_generate` and `deviation_run`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from synthbrain.diffusion import Generators
-from synthbrain.engines.deviation_config import DeviationConfig, load_config
-from synthbrain.engines.deviation_model import ClampX0, DeviationModel, MaskProjection
-from synthbrain.engines.deviation_ops import blend_map, harmonic_fill
+from synthbrain.engines.deviation.config import DeviationConfig, load_config
+from synthbrain.engines.deviation.model import ClampX0, DeviationModel, MaskProjection
+from synthbrain.engines.deviation.ops import blend_map, harmonic_fill
 from synthbrain.errors import InputError
 from synthbrain.nets import pad_to_multiple, unpad
 
@@ -33,13 +32,9 @@ __all__ = [
     "DeviationModel",
     "MaskProjection",
     "box_batch",
-    "generate",
-    "heal",
     "heal_tensors",
-    "implant",
     "implant_tensors",
     "load_config",
-    "train",
     "unbatch",
 ]
 
@@ -137,31 +132,3 @@ def availability(model: DeviationModel, given: Sequence[float], batch: int, devi
 
 
 # ---------------------------------------------------------------- commands (file level)
-
-
-def train(**options: Any) -> dict[str, Any]:
-    """`synthbrain train --engine deviation`: see `deviation_train.train`."""
-    from synthbrain.engines.deviation_train import train as run
-
-    return run(**options)
-
-
-def generate(**options: Any) -> dict[str, Any]:
-    """`synthbrain generate --engine deviation`: see `deviation_generate.generate`."""
-    from synthbrain.engines.deviation_generate import generate as run
-
-    return run(**options)
-
-
-def implant(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`synthbrain implant --engine deviation`: see `deviation_run.implant`."""
-    from synthbrain.engines.deviation_run import implant as run
-
-    return run(inputs, **options)
-
-
-def heal(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`synthbrain heal --engine deviation --mask M`: see `deviation_run.heal`."""
-    from synthbrain.engines.deviation_run import heal as run
-
-    return run(inputs, **options)

@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthbrain.engines.deviation import (
+from synthbrain.engines.deviation.config import DeviationConfig
+from synthbrain.engines.deviation.io import (
+    Subject,
+    from_box,
+    lesion_grid,
+    subject_from_inputs,
+    to_box,
+)
+from synthbrain.engines.deviation.model import DeviationModel
+from synthbrain.engines.deviation.tensors import (
     availability,
     box_batch,
     element_generators,
@@ -22,15 +31,6 @@ from synthbrain.engines.deviation import (
     implant_tensors,
     unbatch,
 )
-from synthbrain.engines.deviation_config import DeviationConfig
-from synthbrain.engines.deviation_io import (
-    Subject,
-    from_box,
-    lesion_grid,
-    subject_from_inputs,
-    to_box,
-)
-from synthbrain.engines.deviation_model import DeviationModel
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from synthbrain.diffusion import randn
-from synthbrain.engines.deformation import DeformationModel
+from synthbrain.engines.deformation.model import DeformationModel
 from synthbrain.nets import pad_to_multiple, unpad
 from synthbrain.rng import derive_seed, generator_for
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from synthbrain.engines.paired import PairedModel
-from synthbrain.engines.paired_data import Example, iter_examples
+from synthbrain.engines.paired.data import Example, iter_examples
+from synthbrain.engines.paired.model import PairedModel
 
 
 @torch.no_grad()

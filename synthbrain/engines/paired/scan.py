@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthbrain.engines.paired_edit import (
+from synthbrain.engines.paired.edit import (
     ScanOnGrid,
     anomaly_core,
     back_to_scan,
@@ -23,8 +23,8 @@ from synthbrain.engines.paired_edit import (
     mask_to_grid,
     scan_to_grid,
 )
-from synthbrain.engines.paired_guidance import ACGSettings, SamplerSettings, autocast_for, edit
-from synthbrain.engines.paired_run import (
+from synthbrain.engines.paired.guidance import ACGSettings, SamplerSettings, autocast_for, edit
+from synthbrain.engines.paired.run import (
     DEFAULT_STEPS,
     SEAM_VOXELS,
     Bundle,

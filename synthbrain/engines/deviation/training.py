@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import torch
 
-from synthbrain.engines.deviation_config import DeviationConfig, load_config
+from synthbrain.engines.deviation.config import DeviationConfig, load_config
 from synthbrain.errors import InputError
 
 
@@ -133,7 +133,7 @@ def train(
             seed override its [train] table.
         overrides: more settings as dotted keys (e.g. {"space": "image"}).
     """
-    from synthbrain.engines.deviation_model import DeviationModel
+    from synthbrain.engines.deviation.model import DeviationModel
     from synthbrain.io.outputs import atomic_write_json
     from synthbrain.train import fit
 
@@ -159,8 +159,8 @@ def train(
 
 def export_checkpoint(run_dir: Path, target: Path, *, fp16: bool = True) -> Path:
     """The EMA weights of a run's (possibly unfinished) checkpoint as a weights file."""
-    from synthbrain.engines.deviation_model import DeviationModel
-    from synthbrain.engines.deviation_run import save_weights
+    from synthbrain.engines.deviation.model import DeviationModel
+    from synthbrain.engines.deviation.run import save_weights
 
     run_dir = Path(run_dir)
     payload = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu",

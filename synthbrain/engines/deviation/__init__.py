@@ -1,0 +1,68 @@
+"""Deviation-space diffusion (PathoSyn, METHODS.md §1): the `deviation` engine package.
+
+`model` is the networks, `tensors` the array-level implant / heal operations, `ops` the fixed
+inpainting and blend maps, `config` the typed options, `train` / `generate` / `run` the file-level
+commands, `sources` and `io` their inputs. The functions below are what
+`synthbrain.engines.load("deviation")` hands the api; nothing in the package imports them back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synthbrain.engines.deviation.tensors import (  # the model API, re-exported
+    ClampX0,
+    DeviationConfig,
+    DeviationModel,
+    MaskProjection,
+    box_batch,
+    heal_tensors,
+    implant_tensors,
+    load_config,
+    unbatch,
+)
+
+
+def train(**options: Any) -> dict[str, Any]:
+    """`synthbrain train --engine deviation`: see `deviation.train.train`."""
+    from synthbrain.engines.deviation.training import train as run
+
+    return run(**options)
+
+
+def generate(**options: Any) -> dict[str, Any]:
+    """`synthbrain generate --engine deviation`: see `deviation.generate.generate`."""
+    from synthbrain.engines.deviation.generation import generate as run
+
+    return run(**options)
+
+
+def implant(inputs: Any, **options: Any) -> dict[str, Any]:
+    """`synthbrain implant --engine deviation`: see `deviation.run.implant`."""
+    from synthbrain.engines.deviation.run import implant as run
+
+    return run(inputs, **options)
+
+
+def heal(inputs: Any, **options: Any) -> dict[str, Any]:
+    """`synthbrain heal --engine deviation --mask M`: see `deviation.run.heal`."""
+    from synthbrain.engines.deviation.run import heal as run
+
+    return run(inputs, **options)
+
+
+__all__ = [
+    "ClampX0",
+    "DeviationConfig",
+    "DeviationModel",
+    "MaskProjection",
+    "box_batch",
+    "generate",
+    "heal",
+    "heal_tensors",
+    "implant",
+    "implant_tensors",
+    "load_config",
+    "train",
+    "unbatch",
+]
