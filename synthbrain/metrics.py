@@ -21,18 +21,50 @@ def psnr(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = 
 
 def ssim(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
          data_range: float = 1.0) -> float:  # fmt: skip
-    """Structural similarity (11-tap Gaussian window, σ = 1.5), averaged over `mask` when given.
+    """Structural similarity as scikit-image computes it, averaged over `mask` when given.
 
-    One SSIM for the whole project: this wraps `synthbrain.nets.ssim` (the training loss's).
+    Matches `skimage.metrics.structural_similarity(reference, estimate, data_range=...,
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)` (tested to 1e-6): Gaussian
+    filtering with reflected borders, then the mean over the interior only, 5 voxels in from
+    every face, where the 11-tap window saw no reflected voxel. Published SSIM tables use this
+    convention; the earlier replicate-padded whole-volume mean read ~0.015 higher. With a mask,
+    the mean runs over mask ∩ interior. Plain scipy, so the core install needs no skimage.
     """
-    import torch
+    values = ssim_map(estimate, reference, data_range)
+    pad = SSIM_RADIUS
+    if min(values.shape) <= 2 * pad:
+        raise ValueError(f"ssim needs every axis > {2 * pad} voxels, got {values.shape}")
+    interior = tuple(slice(pad, -pad) for _ in values.shape)
+    values = values[interior]
+    if mask is None:
+        return float(values.mean(dtype=np.float64))
+    selected = values[np.asarray(mask)[interior] > 0]
+    return float(selected.mean()) if selected.size else float("nan")
 
-    from synthbrain.nets.ssim import ssim as ssim_map
 
-    a = torch.as_tensor(np.asarray(estimate, np.float64))[None, None]
-    b = torch.as_tensor(np.asarray(reference, np.float64))[None, None]
-    values = ssim_map(a, b, data_range, padding="same", reduction="map")[0, 0].numpy()
-    return float(values[mask > 0].mean() if mask is not None else values.mean())
+SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5  # 11 taps, Wang et al. 2004 and scikit-image
+SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+
+
+def ssim_map(estimate: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+    """Per-voxel SSIM (population covariance, reflected borders), same shape as the inputs."""
+    from scipy.ndimage import gaussian_filter
+
+    a = np.asarray(estimate, np.float64)
+    b = np.asarray(reference, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"ssim needs equal shapes, got {a.shape} and {b.shape}")
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return gaussian_filter(x, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    return num / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
 def l1(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -68,7 +100,9 @@ def glcm_features(image: np.ndarray, mask: np.ndarray, levels: int = 16,
     """GLCM contrast and homogeneity inside `mask`, offsets of one voxel along every axis.
 
     Intensities are quantised to `levels` bins over a fixed `value_range`, so that statistics
-    of synthetic and true lesions are comparable.
+    of synthetic and true lesions are comparable. On a 2-D square slice with a full mask this
+    equals scikit-image's `graycoprops` of `graycomatrix(q, [1], [0, π/2], symmetric=True)`
+    averaged over the two angles (tested); the 3-D masked version pools all three axes.
     """
     lo, hi = value_range
     q = np.clip(
@@ -89,7 +123,8 @@ def glcm_features(image: np.ndarray, mask: np.ndarray, levels: int = 16,
     i, j = np.indices(p.shape)
     return {
         "contrast": float((p * (i - j) ** 2).sum()),
-        "homogeneity": float((p / (1.0 + np.abs(i - j))).sum()),
+        # scikit-image's graycoprops definition (inverse difference moment), 1 / (1 + (i-j)²)
+        "homogeneity": float((p / (1.0 + (i - j) ** 2)).sum()),
     }
 
 
@@ -120,6 +155,9 @@ class RealismResult:
     ci_high: float
     n_real: int
     n_fake: int
+    # Out-of-fold P(synthetic) of each fake row, in input order: ranks synthetic cases by how
+    # easily they were caught (the evaluate report's gallery).
+    fake_scores: np.ndarray | None = None
 
 
 def realism_auc(real: np.ndarray, fake: np.ndarray, *, folds: int = 5, bootstrap: int = 1000,
@@ -136,6 +174,8 @@ def realism_auc(real: np.ndarray, fake: np.ndarray, *, folds: int = 5, bootstrap
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if min(len(real), len(fake)) < 2:
+        raise ValueError(f"realism AUC needs >= 2 rows per class, got {len(real)} and {len(fake)}")
     x = np.concatenate([real, fake]).astype(np.float64)
     y = np.concatenate([np.zeros(len(real)), np.ones(len(fake))])
     scores = np.zeros(len(y))
@@ -154,4 +194,4 @@ def realism_auc(real: np.ndarray, fake: np.ndarray, *, folds: int = 5, bootstrap
         f = rng.choice(fake_idx, len(fake_idx))
         boots.append(auc(scores[r], scores[f]))
     low, high = np.percentile(boots, [2.5, 97.5])
-    return RealismResult(value, float(low), float(high), len(real), len(fake))
+    return RealismResult(value, float(low), float(high), len(real), len(fake), scores[y == 1])

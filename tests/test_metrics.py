@@ -70,3 +70,78 @@ def test_realism_auc_separable_and_not():
     hard = metrics.realism_auc(real, same, bootstrap=200)
     assert easy.auc > 0.9 and easy.ci_low > 0.8
     assert hard.ci_low < 0.5 + 0.15 and hard.auc < 0.75
+
+
+# ---------------------------------------------------------------- agreement with the references
+
+
+def _pair(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth-ish image in [0, 1] and a noisy, shifted copy of it."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    a = gaussian_filter(rng.random(shape), 1.0)
+    a = (a - a.min()) / (a.max() - a.min())
+    b = np.clip(np.roll(a, 1, axis=0) + rng.normal(0, 0.05, shape), 0, 1)
+    return a, b
+
+
+@pytest.mark.parametrize("shape", [(24, 24, 24), (20, 28, 16), (32, 32)])
+def test_ssim_matches_scikit_image(shape):
+    skm = pytest.importorskip("skimage.metrics")
+    a, b = _pair(shape)
+    ref = skm.structural_similarity(b, a, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False)  # fmt: skip
+    assert metrics.ssim(a, b) == pytest.approx(ref, abs=1e-6)
+
+
+def test_ssim_mask_restricts_to_interior():
+    a, b = _pair((24, 24, 24), seed=1)
+    mask = np.zeros(a.shape)
+    mask[8:16, 8:16, 8:16] = 1
+    full = metrics.ssim_map(a, b)[8:16, 8:16, 8:16].mean()
+    assert metrics.ssim(a, b, mask) == pytest.approx(full)
+    border = np.zeros(a.shape)
+    border[:3] = 1  # lies wholly in the 5-voxel rim skimage leaves out
+    assert np.isnan(metrics.ssim(a, b, border))
+
+
+def test_psnr_matches_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    a, b = _pair((16, 16, 16), seed=2)
+    ref = skm.peak_signal_noise_ratio(a, b, data_range=1.0)
+    assert metrics.psnr(b, a) == pytest.approx(ref, abs=1e-9)
+
+
+def test_auc_matches_scikit_learn():
+    skl = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(0, 1, 40), rng.normal(0.7, 1, 30)
+    real[:5] = fake[:5]  # ties are scored half, as roc_auc_score does
+    y = np.r_[np.zeros(40), np.ones(30)]
+    ref = skl.roc_auc_score(y, np.r_[real, fake])
+    assert metrics.auc(real, fake) == pytest.approx(ref, abs=1e-12)
+
+
+def test_glcm_matches_scikit_image_on_a_square_slice():
+    skf = pytest.importorskip("skimage.feature")
+    image, _ = _pair((20, 20), seed=4)
+    levels = 16
+    ours = metrics.glcm_features(image, np.ones_like(image), levels=levels)
+    q = np.clip((image * levels).astype(int), 0, levels - 1).astype(np.uint8)
+    # Offsets of one voxel along each axis (0° = along columns, 90° = along rows), symmetric.
+    glcm = skf.graycomatrix(q, [1], [0, np.pi / 2], levels=levels, symmetric=True, normed=True)
+    for name in ("contrast", "homogeneity"):
+        # Both angles have the same pair count on a square slice, so the pooled matrix's
+        # statistic is the mean of the per-angle ones.
+        assert ours[name] == pytest.approx(skf.graycoprops(glcm, name).mean(), abs=1e-9)
+
+
+def test_realism_auc_returns_out_of_fold_scores():
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(0, 1, (20, 3)), rng.normal(3, 1, (15, 3))
+    res = metrics.realism_auc(real, fake, bootstrap=50)
+    assert res.auc > 0.9 and res.ci_low <= res.auc <= res.ci_high
+    assert res.fake_scores is not None and res.fake_scores.shape == (15,)
+    with pytest.raises(ValueError, match="2 rows"):
+        metrics.realism_auc(real, fake[:1])
