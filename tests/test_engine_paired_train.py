@@ -237,3 +237,34 @@ def test_load_denoisers_copies_both_sub_models(tmp_path):
     wider = PairedModel(PairedConfig(**{**tiny, "denoiser_base_channels": 16}))
     with pytest.raises(InputError, match="do not fit"):
         load_denoisers(wider, path)
+
+
+def test_haar_run_trains_no_autoencoder_and_its_weights_load(mixed_set, tmp_path, monkeypatch):
+    """representation = "haar": no autoencoder stage, no ae.* keys, an exact image round trip;
+    the lesion-weighted / min-SNR loss settings are accepted by the config."""
+    import torch
+
+    from synthbrain.engines.paired.run import load_bundle
+
+    monkeypatch.delenv("SYNTHBRAIN_WEIGHTS", raising=False)
+    toml = TINY_TOML.replace("[model]\n", '[model]\nrepresentation = "haar"\nprediction = "v"\n')
+    toml = toml.replace("[diffusion]\n", "[diffusion]\nlesion_weight = 20.0\nmin_snr_gamma = 5.0\n")
+    config = tmp_path / "haar.toml"
+    config.write_text(toml)
+    summary = paired_train.train(data=mixed_set, out=tmp_path / "paired-stroke-haar",
+                                 config_file=config)  # fmt: skip
+    assert summary["autoencoder"]["step"] is None
+    bundle = load_bundle(summary["weights"], "stroke", device="cpu")
+    model = bundle.model
+    assert model.config.representation == "haar" and model.ae is None
+    assert model.config.latent_channels == 64 and len(model.config.latent_shift) == 64
+    image = torch.rand(1, 1, *GRID, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model.decode(model.encode(image)), image, atol=1e-5, rtol=0)
+
+
+def test_embedded_weights_still_load_as_autoencoder_models():
+    from synthbrain.engines.paired.run import load_bundle
+
+    bundle = load_bundle(None, "stroke", device="cpu")
+    assert bundle.model.config.representation == "autoencoder"
+    assert bundle.model.ae is not None

@@ -19,3 +19,89 @@ def test_haar_bands_of_a_constant_are_zero_except_the_low_band():
     assert w.shape == (1, 16, 4, 4, 4)
     assert torch.allclose(w[:, :2], torch.full_like(w[:, :2], 8**0.5))
     assert torch.count_nonzero(w[:, 2:]) == 0
+
+
+# ---------------------------------------------------------------------- representation = "haar"
+
+import pytest  # noqa: E402
+
+from synthbrain.engines.paired.model import PairedConfig, PairedModel  # noqa: E402
+
+
+def haar_config(**kw) -> PairedConfig:
+    """A 16^3 Haar model: latent 64 x 4^3, one-level denoisers, no attention."""
+    base = dict(
+        grid=(16, 16, 16), spacing=12.0, representation="haar", denoiser_base_channels=8,
+        denoiser_channel_mults=(1,), denoiser_attention_levels=(), T=64,
+    )  # fmt: skip
+    base.update(kw)
+    return PairedConfig(**base)
+
+
+def test_haar_config_fixes_the_channel_count_and_survives_its_dump():
+    config = haar_config()
+    assert config.latent_channels == 64
+    again = PairedConfig.model_validate(config.model_dump(mode="json"))
+    assert again.latent_channels == 64 and again.representation == "haar"
+    assert haar_config(contrasts=["t1", "flair"]).latent_channels == 128
+    with pytest.raises(ValueError, match="latent_channels = 64"):
+        haar_config(latent_channels=4)
+
+
+def test_haar_model_round_trips_images_exactly_with_a_latent_norm():
+    m = PairedModel(haar_config()).eval()
+    assert m.ae is None and not any(k.startswith("ae.") for k in m.state_dict())
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(2, 1, 16, 16, 16, generator=g)
+    shift = torch.randn(64, generator=g).tolist()
+    scale = (torch.rand(64, generator=g) + 0.5).tolist()
+    m.set_latent_norm(shift, scale)
+    z = m.encode(image)
+    assert z.shape == (2, 64, 4, 4, 4)
+    assert torch.allclose(m.decode(z), image, atol=1e-5, rtol=0)
+    m.stage = "autoencoder"
+    with pytest.raises(ValueError, match="no autoencoder"):
+        m.trainable_parameters()
+
+
+def test_haar_model_trains_both_branches():
+    m = PairedModel(haar_config(prediction="v"))
+    m.stage = "diffusion"
+    x = m.mask_to_x(torch.zeros(2, 1, 16, 16, 16))
+    out = m.training_step({"z": torch.randn(2, 64, 4, 4, 4), "x": x}, torch.Generator())
+    out["loss"].backward()
+    assert all(p.grad is not None for p in m.eps_x.parameters())
+    assert all(p.grad is not None for p in m.eps_y.parameters())
+
+
+def test_lesion_weight_covers_the_dilated_lesion_and_changes_only_the_lesion_loss():
+    m = PairedModel(haar_config(prediction="v"))
+    mask = torch.zeros(2, 1, 16, 16, 16)
+    mask[0, :, 4:8, 4:8, 4:8] = 1  # one latent voxel (4^3 block) of sample 0
+    x0 = m.mask_to_x(mask)
+    assert m.lesion_region_weight(x0) is None
+    m.lesion_weight, m.lesion_dilate = 10.0, 1
+    w = m.lesion_region_weight(x0)
+    assert w.shape == (2, 1, 4, 4, 4)
+    assert int((w[0] > 1).sum()) == 27 and float(w[0].max()) == 11.0  # 3^3 neighbourhood
+    assert torch.equal(w[1], torch.ones_like(w[1]))  # an empty mask is weighted uniformly
+    batch = {"z": torch.randn(2, 64, 4, 4, 4), "x": x0}
+    weighted = m.training_step(batch, torch.Generator().manual_seed(0))
+    m.lesion_weight = 0.0
+    plain = m.training_step(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(weighted["loss_brain"], plain["loss_brain"])
+    assert not torch.equal(weighted["loss_lesion"], plain["loss_lesion"])
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weight_clips_the_low_noise_steps(prediction):
+    m = PairedModel(haar_config(prediction=prediction))
+    t = torch.tensor([0, 63])
+    assert m.snr_weight(t) is None
+    m.min_snr_gamma = 5.0
+    w = m.snr_weight(t)
+    abar = m.schedule.alphas_cumprod[t].float()
+    snr = abar / (1 - abar)
+    assert snr[0] > 5 and snr[1] < 5  # t = 0 is clipped, t = 63 is not
+    expect = snr.clamp(max=5) / (snr if prediction == "eps" else snr + 1)
+    assert torch.allclose(w, expect)

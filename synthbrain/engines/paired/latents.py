@@ -23,7 +23,7 @@ def _encode_batch(model: PairedModel, batch: list[Example], device: torch.device
     """Raw (unnormalised) encoder means and lesion states of a few examples."""
     images = torch.from_numpy(np.stack([e.image for e in batch]).astype(np.float32)).to(device)
     masks = torch.from_numpy(np.stack([e.mask for e in batch]).astype(np.float32))[:, None]
-    z = model.ae.encode(images).mode().cpu()
+    z = model.encode_raw(images).cpu()
     x = model.mask_to_x(masks.to(device)).cpu()
     return z, x
 

@@ -23,9 +23,12 @@ from torch import Tensor, nn
 
 from synthbrain.diffusion import Schedule, make_schedule, q_sample, to_x0_eps, v_from_x0_eps
 from synthbrain.engines.paired.data import crop_latents
+from synthbrain.engines.paired.wavelet import haar_forward, haar_inverse
 from synthbrain.nets import KLAutoencoder, UNet, autoencoder_loss
 
 STAGES = ("autoencoder", "diffusion")
+HAAR_LEVELS = 2  # 2 levels of x2 = the x4 down to the latent grid
+HAAR_BANDS = 8**HAAR_LEVELS
 
 
 class PairedConfig(BaseModel):
@@ -50,6 +53,10 @@ class PairedConfig(BaseModel):
             (v = √ᾱ ε − √(1−ᾱ) x0). With ε the network must reproduce its noisy input at high
             noise, which a short-trained U-Net does badly (an error floor that x̂0 amplifies by
             1/√ᾱ); with v that regime is a near-constant output (docs/paired.md).
+        representation: what maps the image onto the latent grid: "autoencoder" (USB's KL
+            autoencoder, trained; the embedded weights) or "haar" (the training-free 2-level 3-D
+            Haar packet of `paired.wavelet`, WDM's choice: exact inverse, no representation
+            floor, latent_channels = 64 per contrast; no ae.* weights).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -72,10 +79,18 @@ class PairedConfig(BaseModel):
     latent_scale: list[float] | None = None
     lesion_sign: float = -1.0
     prediction: Literal["eps", "v"] = "eps"
+    representation: Literal["autoencoder", "haar"] = "autoencoder"
 
     @model_validator(mode="after")
     def _check(self) -> PairedConfig:
         """Grid divisible by the networks' strides; a mask pool that divides 4; x4 autoencoder."""
+        if self.representation == "haar":
+            # Two Haar levels are the x4 down; their channel count is fixed by the transform.
+            wanted = HAAR_BANDS * len(self.contrasts)
+            if "latent_channels" not in self.model_fields_set:
+                self.latent_channels = wanted
+            elif self.latent_channels != wanted:
+                raise ValueError(f"haar needs latent_channels = {wanted} (64 per contrast)")
         if len(self.ae_channel_mults) != 3:
             raise ValueError("the autoencoder needs 3 levels (x4 down to the latent grid)")
         if self.mask_pool not in (1, 2, 4):
@@ -139,10 +154,18 @@ class PairedModel(nn.Module):
         self.p_true_condition = p_true_condition
         self.latent_crop: int | None = None  # diffusion training on latent windows (paired_data)
         self.lesion_fraction = 0.0
+        # Loss weights of the diffusion stage (training knobs, not part of the saved config).
+        self.lesion_weight, self.lesion_dilate = 0.0, 1
+        self.min_snr_gamma: float | None = None
         self.kl_weight, self.ssim_weight = kl_weight, ssim_weight
         c, cx, cz = config.image_channels, config.lesion_channels, config.latent_channels
-        self.ae = KLAutoencoder(
-            3, c, cz, config.ae_base_channels, tuple(config.ae_channel_mults), norm="channel"
+        # The Haar representation has no weights: no ae.* keys in its files.
+        self.ae = (
+            KLAutoencoder(
+                3, c, cz, config.ae_base_channels, tuple(config.ae_channel_mults), norm="channel"
+            )
+            if config.representation == "autoencoder"
+            else None
         )
         unet = {
             "base_channels": config.denoiser_base_channels,
@@ -187,15 +210,22 @@ class PairedModel(nn.Module):
         parts = [fn(*(a[i : i + 1] for a in args)) for i in range(args[0].shape[0])]
         return torch.cat(parts)
 
+    def encode_raw(self, image: Tensor) -> Tensor:
+        """Unnormalised latent of images [B, C, *grid]: the posterior mean, or Haar bands."""
+        if self.ae is None:
+            return haar_forward(image, HAAR_LEVELS)
+        return self._each(lambda x: self.ae.encode(x).mode(), image)
+
     def encode(self, image: Tensor) -> Tensor:
-        """Normalised latent y0 of images [B, C, *grid] in [0, 1] (the posterior mean)."""
+        """Normalised latent y0 of images [B, C, *grid] in [0, 1]."""
         shift, scale = self._norm_shape(image)
-        mean = self._each(lambda x: self.ae.encode(x).mode(), image)
-        return (mean - shift) * scale
+        return (self.encode_raw(image) - shift) * scale
 
     def decode(self, z: Tensor) -> Tensor:
         """Images [B, C, *grid] from normalised latents."""
         shift, scale = self._norm_shape(z)
+        if self.ae is None:
+            return haar_inverse(z / scale + shift, HAAR_LEVELS)
         return self._each(self.ae.decode, z / scale + shift)
 
     def mask_to_x(self, mask: Tensor) -> Tensor:
@@ -241,6 +271,8 @@ class PairedModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The autoencoder in stage 1; both denoisers in stage 2 (autoencoder frozen)."""
         if self.stage == "autoencoder":
+            if self.ae is None:
+                raise ValueError("the haar representation has no autoencoder to train")
             return list(self.ae.parameters())
         return [*self.eps_x.parameters(), *self.eps_y.parameters()]
 
@@ -278,11 +310,54 @@ class PairedModel(nn.Module):
         use_true = (u < self.p_true_condition).reshape(b, 1, 1, 1, 1)
         condition = torch.where(use_true, x0, x0_hat)
         out_y = self.brain_out(y_t, condition, t)
-        target_x = self.target(x0, t, noise_x)
-        target_y = self.target(y0, t, noise_y)
-        loss_x = F.mse_loss(out_x.float(), target_x.float())  # Eq. 10 (ε) or its v form
-        loss_y = F.mse_loss(out_y.float(), target_y.float())  # Eq. 11
+        snr_w = self.snr_weight(t)
+        region = self.lesion_region_weight(x0)  # Eq. 10 (ε) or its v form, lesion-weighted
+        loss_x = _weighted_mse(out_x, self.target(x0, t, noise_x), snr_w, region)
+        loss_y = _weighted_mse(out_y, self.target(y0, t, noise_y), snr_w, None)  # Eq. 11
         return {"loss": loss_x + loss_y, "loss_lesion": loss_x, "loss_brain": loss_y}
+
+    def snr_weight(self, t: Tensor) -> Tensor | None:
+        """Min-SNR-γ per-sample loss weight (Hang et al. 2023) of the branch target, or None.
+
+        ε: min(SNR, γ) / SNR; v: min(SNR, γ) / (SNR + 1); SNR = ᾱ / (1 − ᾱ).
+        """
+        if not self.min_snr_gamma:
+            return None
+        abar = self.schedule.alphas_cumprod.to(t.device)[t].float()
+        snr = abar / (1.0 - abar)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        return clipped / (snr if self.config.prediction == "eps" else snr + 1.0)
+
+    def lesion_region_weight(self, x0: Tensor) -> Tensor | None:
+        """1 + lesion_weight on the lesion's entries dilated by lesion_dilate latent voxels.
+
+        Lesion entries are ~0.3 % of a lesion state, so an unweighted MSE is satisfied by the
+        empty prior; this weight makes the loss see them (and the background around them, so
+        the branch also learns where a lesion stops). None when lesion_weight is 0.
+        """
+        if not self.lesion_weight:
+            return None
+        inside = (x0.float() > -1.0 + 1e-3).any(dim=1, keepdim=True).float()
+        k = 2 * self.lesion_dilate + 1
+        if self.lesion_dilate:
+            inside = F.max_pool3d(inside, k, stride=1, padding=self.lesion_dilate)
+        return 1.0 + self.lesion_weight * inside
+
+
+def _weighted_mse(
+    out: Tensor, target: Tensor, per_sample: Tensor | None, region: Tensor | None
+) -> Tensor:
+    """Mean squared error, optionally weighted per sample and per voxel (normalised by the
+    voxel weights, so the loss keeps its scale)."""
+    err = (out.float() - target.float()) ** 2
+    if region is not None:
+        err = err * region
+    err = err.flatten(1).mean(1)
+    if region is not None:
+        err = err / region.flatten(1).mean(1)
+    if per_sample is not None:
+        err = err * per_sample
+    return err.mean()
 
 
 def _randn(like: Tensor, generator: torch.Generator) -> Tensor:

@@ -41,6 +41,11 @@ class StageSettings(TrainConfig):
     # lesion_fraction of them centred on a lesion entry (foreground oversampling; our addition).
     latent_crop: int | None = Field(default=None, ge=4)
     lesion_fraction: float = Field(default=0.0, ge=0, le=1)
+    # Diffusion stage loss (our additions, docs/methods.md): the lesion branch's MSE weighted
+    # 1 + lesion_weight on lesion entries dilated by lesion_dilate latent voxels; min-SNR-γ.
+    lesion_weight: float = Field(default=0.0, ge=0)
+    lesion_dilate: int = Field(default=1, ge=0)
+    min_snr_gamma: float | None = Field(default=None, gt=0)
 
 
 class DataSettings(BaseModel):
@@ -174,10 +179,10 @@ def train(
         model_config_for(Path(data), cfg.model),
         p_true_condition=cfg.diffusion.p_true_condition,
     )
-    model.latent_crop, model.lesion_fraction = (
-        cfg.diffusion.latent_crop,
-        cfg.diffusion.lesion_fraction,
-    )
+    d = cfg.diffusion
+    model.latent_crop, model.lesion_fraction = d.latent_crop, d.lesion_fraction
+    model.lesion_weight, model.lesion_dilate = d.lesion_weight, d.lesion_dilate
+    model.min_snr_gamma = d.min_snr_gamma
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # One process group for both stages: re-creating it under torchrun's store can hang.
@@ -217,7 +222,8 @@ def _group_device(cfg: PairedTrainConfig) -> torch.device:
 
     ctx = env_context()
     rank = ctx.local_rank if ctx.distributed else None
-    stages = [cfg.diffusion] if cfg.autoencoder.weights else [cfg.autoencoder, cfg.diffusion]
+    no_ae = cfg.autoencoder.weights or cfg.model.get("representation") == "haar"
+    stages = [cfg.diffusion] if no_ae else [cfg.autoencoder, cfg.diffusion]
     devices = {resolve_device(stage.device, rank) for stage in stages}
     if ctx.distributed and len(devices) > 1:
         raise InputError("under torchrun [autoencoder] and [diffusion] must use one device")
@@ -238,6 +244,9 @@ def _stage_autoencoder(
     from synthbrain.train import fit
 
     settings = cfg.autoencoder
+    if model.ae is None:  # the Haar representation: nothing to train
+        rep.info("autoencoder: none (haar representation)")
+        return {"representation": model.config.representation}
     if settings.weights:
         load_autoencoder(model, Path(settings.weights))
         rep.info(f"autoencoder: loaded from {settings.weights}")
