@@ -79,7 +79,12 @@ class DeviationConfig(BaseModel):
         contrast_dropout: training probability of hiding each contrast (at least one stays), so
             one model serves scans with any subset of its contrasts.
         detach_substrate: stop gradients of L_diff / L_dev through x_sub (the residual target and
-            the denoiser's condition), so the substrate cannot shrink r0 to make diffusion easy.
+            the denoiser's condition), so the substrate cannot shrink r0 to make diffusion easy
+            (and, with ``substrate_mode = "residual"``, of L_syn too).
+        substrate_mode: "direct" (the paper: f_sub's output is the substrate) or "residual": f_sub
+            predicts a correction added to Inp(x, m) from a zero-initialised output layer, so an
+            untrained model heals exactly like Inp; it is trained towards the true substrate
+            where the set stores one (phantoms), else towards Inp (the correction stays ~0).
         clip_x0: clamp x̂0 of the diffusion state to [−1, 1] during sampling.
     """
 
@@ -100,6 +105,7 @@ class DeviationConfig(BaseModel):
     min_size: int = Field(default=32, ge=16)
     contrast_dropout: float = Field(default=0.25, ge=0, lt=1)
     detach_substrate: bool = True
+    substrate_mode: Literal["direct", "residual"] = "direct"
     clip_x0: bool = True
     schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
     timesteps: int = Field(default=1000, ge=2)

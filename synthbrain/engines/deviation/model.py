@@ -83,13 +83,15 @@ class DeviationModel(nn.Module):
         self.substrate: UNet | None = None
         multiple = self.denoiser.multiple
         if config.space == "deviation":
-            sub = config.substrate
-            # f_sub(x ⊙ m̄, m̄): input x ⊙ m̄ ⊙ a (C) + m̄ (1) + a planes (C); 4 downsamplings
+            sub, residual = config.substrate, config.substrate_mode == "residual"
+            # f_sub(x ⊙ m̄, m̄): input x ⊙ m̄ ⊙ a (C) + m̄ (1) + a planes (C), plus Inp(x, m) ⊙ a
+            # (C) in residual mode; 4 downsamplings. A residual f_sub starts from a zero output,
+            # so before any training the substrate is Inp itself (it cannot start worse).
             self.substrate = UNet(
-                dims, 2 * c + 1, c, base_channels=sub.base_channels,
+                dims, (3 if residual else 2) * c + 1, c, base_channels=sub.base_channels,
                 channel_mults=sub.channel_mults, num_res_blocks=sub.num_res_blocks,
                 attention_levels=sub.attention_levels, groups=sub.groups, dropout=sub.dropout,
-                time_embedding=False, zero_init_out=False,
+                time_embedding=False, zero_init_out=residual,
             )  # fmt: skip
             multiple = max(multiple, self.substrate.multiple)
         self.multiple = multiple
@@ -100,11 +102,14 @@ class DeviationModel(nn.Module):
     # ------------------------------------------------------------ the two networks
 
     def substrate_raw(self, x: Tensor, m: Tensor, a: Tensor) -> Tensor:
-        """f_sub(x ⊙ m̄, m̄) (Eq. 3), its raw output on the whole window."""
+        """f_sub(x ⊙ m̄, m̄) (Eq. 3) on the whole window; residual mode: Inp(x, m) + f_sub(…)."""
         if self.substrate is None:
             raise RuntimeError("an image-space model has no substrate network")
-        keep = 1.0 - m
-        return self.substrate(torch.cat([x * keep * planes(a, x), keep, planes(a, x)], dim=1))
+        keep, av = 1.0 - m, planes(a, x)
+        if self.config.substrate_mode == "direct":
+            return self.substrate(torch.cat([x * keep * av, keep, av], dim=1))
+        x_ph = harmonic_fill(x, m, iterations=self.config.inpaint_iterations)
+        return x_ph + self.substrate(torch.cat([x * keep * av, x_ph * av, keep, av], dim=1))
 
     @staticmethod
     def compose(x: Tensor, m: Tensor, fill: Tensor) -> Tensor:
@@ -130,26 +135,45 @@ class DeviationModel(nn.Module):
         self, batch: dict[str, Tensor], generator: torch.Generator
     ) -> dict[str, Tensor]:
         """One joint step of Alg. 1 on a batch {images [B,C,...], mask [B,1,...]}: all losses."""
-        x, m = self.window(batch["images"], batch["mask"], generator)
+        x, m, healthy = self.window(batch["images"], batch["mask"], generator,
+                                    batch.get("healthy"))  # fmt: skip
         a = self.draw_availability(x.shape[0], generator, x.device)
         if self.config.space == "image":
             return self.image_losses(x, m, a, generator)
-        return self.deviation_losses(x, m, a, generator)
+        return self.deviation_losses(x, m, a, generator, healthy)
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict:
-        """The training losses on a validation batch, as floats."""
-        return {k: float(v) for k, v in self.training_step(batch, generator).items()}
+        """The training losses on a validation batch, as floats; with a true substrate in the
+        batch also the in-lesion L1 of the substrate (sub_l1) and of Inp alone (inp_l1), the
+        task metric that selects the substrate (all contrasts given, as heal sees them)."""
+        out = {k: float(v) for k, v in self.training_step(batch, generator).items()}
+        if self.substrate is None or "healthy" not in batch:
+            return out
+        x, m, healthy = self.window(batch["images"], batch["mask"], generator, batch["healthy"])
+        a = torch.ones(x.shape[0], self.config.n_contrasts, device=x.device)
+        inside = m.expand_as(x)
+        x_sub = self.compose(x, m, self.substrate_raw(x, m, a))
+        x_ph = harmonic_fill(x, m, iterations=self.config.inpaint_iterations)
+        out["sub_l1"] = float(masked_mean((x_sub - healthy).abs(), inside))
+        out["inp_l1"] = float(masked_mean((x_ph - healthy).abs(), inside))
+        return out
 
-    def window(self, x: Tensor, m: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """A `crop`-sized window around each element's lesion (random jitter), as in inference."""
+    def window(
+        self, x: Tensor, m: Tensor, generator: torch.Generator, healthy: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A `crop`-sized window around each element's lesion (random jitter), as in inference;
+        the true substrate (if given) is cut from the same place."""
         size = (self.config.crop,) * (x.ndim - 2)
-        xs, ms = [], []
+        xs, ms, hs = [], [], []
         for b in range(x.shape[0]):
             start = lesion_window(m[b, 0], size, generator)
             xs.append(crop(x[b], start, size))
             ms.append(crop(m[b], start, size))
-        return torch.stack(xs), (torch.stack(ms) > 0.5).to(x.dtype)
+            if healthy is not None:
+                hs.append(crop(healthy[b], start, size))
+        m_out = (torch.stack(ms) > 0.5).to(x.dtype)
+        return torch.stack(xs), m_out, torch.stack(hs) if hs else None
 
     def draw_availability(self, batch: int, generator: torch.Generator, device) -> Tensor:  # noqa: ANN001
         """Contrast dropout: each contrast hidden with probability p, at least one kept."""
@@ -168,17 +192,31 @@ class DeviationModel(nn.Module):
         t = t.to(z0.device)
         return t, noise, q_sample(self.schedule, z0, t, noise)
 
+    def substrate_loss(
+        self, x: Tensor, m: Tensor, a: Tensor, raw: Tensor, healthy: Tensor | None
+    ) -> Tensor:
+        """L_sub (Eq. 3); residual mode: in-lesion L1 against the true substrate where known."""
+        cfg, lam, av = self.config, self.config.lambdas, planes(a, x)
+        x_ph = harmonic_fill(x, m, iterations=cfg.inpaint_iterations)  # Eq. 3: Inp(x, m)
+        if cfg.substrate_mode == "direct":
+            return lam.out * masked_mean((raw - x) ** 2, (1.0 - m) * av) + (
+                lam.inside * masked_mean((raw - x_ph) ** 2, m * av)
+            )
+        # Off m the composite is x by construction, so only m is fitted; L1 because heal is
+        # judged (and the substrate selected) by in-lesion L1. Without a true substrate the
+        # target is Inp and the correction is pulled to 0: never worse than Inp.
+        target = x_ph if healthy is None else healthy
+        return lam.inside * masked_mean((raw - target).abs(), m * av)
+
     def deviation_losses(
-        self, x: Tensor, m: Tensor, a: Tensor, generator: torch.Generator
-    ) -> dict[str, Tensor]:
+        self, x: Tensor, m: Tensor, a: Tensor, generator: torch.Generator,
+        healthy: Tensor | None = None,
+    ) -> dict[str, Tensor]:  # fmt: skip
         """L = L_sub + λ_diff L_diff + λ_dev L_dev + λ_syn L_syn (Eq. 15)."""
         cfg, lam = self.config, self.config.lambdas
         av = planes(a, x)
-        x_ph = harmonic_fill(x, m, iterations=cfg.inpaint_iterations)  # Eq. 3: Inp(x, m)
         raw = self.substrate_raw(x, m, a)
-        loss_sub = lam.out * masked_mean((raw - x) ** 2, (1.0 - m) * av) + (
-            lam.inside * masked_mean((raw - x_ph) ** 2, m * av)
-        )  # Eq. 3
+        loss_sub = self.substrate_loss(x, m, a, raw, healthy)
         x_sub = self.compose(x, m, raw)
         if cfg.detach_substrate:
             x_sub = x_sub.detach()
@@ -197,6 +235,10 @@ class DeviationModel(nn.Module):
             + lam.ring * masked_mean(err, ring_weight(s))
             + lam.leak * masked_mean(r_raw.abs(), 1.0 - m)
         )  # Eq. 13 (leak on r̂0 before its projection, else it would be 0 by construction)
+        if cfg.substrate_mode == "residual":
+            # the substrate's target is the healthy tissue: L_syn (towards the lesion image)
+            # must not pull it back, and off m inference uses the composite, not raw
+            raw = x_sub if cfg.detach_substrate else self.compose(x, m, raw)
         x_hat = raw + s * r_hat  # Eq. 14: seam-aware recomposition
         loss_syn = masked_mean((x_hat - x).abs(), s * av)
         loss = loss_sub + lam.diff * loss_diff + lam.dev * loss_dev + lam.syn * loss_syn

@@ -36,7 +36,8 @@ def contrast_channels(path: Path, wanted: tuple[str, ...]) -> list[int]:
 
 
 class LesionItems(torch.utils.data.Dataset):
-    """Items {images [C, ...], mask [1, ...]} of one split: lesion slices (2-D) or volumes (3-D).
+    """Items {images [C, ...], mask [1, ...], healthy [C, ...] where stored} of one split: lesion
+    slices (2-D) or volumes (3-D).
 
     Args:
         path: the HDF5 set.
@@ -53,6 +54,7 @@ class LesionItems(torch.utils.data.Dataset):
         self.which = config.labels
         self.dims = config.dims
         self.ids = split_ids(self.path, split)
+        self.has_healthy = False
         self.index = self._lesion_index()
         self._h5: h5py.File | None = None
         self._pid: int | None = None
@@ -68,18 +70,23 @@ class LesionItems(torch.utils.data.Dataset):
             raise InputError(f"config labels: {err}", self.path) from None
 
     def _lesion_index(self) -> np.ndarray:
-        """(subject, z) rows of slices meeting the lesion; z = −1 for whole volumes (3-D)."""
-        rows = []
+        """(subject, z) rows of slices meeting the lesion; z = −1 for whole volumes (3-D).
+
+        Sets has_healthy when every lesion subject stores its true substrate (phantoms), so all
+        items carry one or none (a batch cannot mix them)."""
+        rows, healthy = [], []
         with h5py.File(self.path, "r") as h5:
             for i, sid in enumerate(self.ids):
                 group = h5["subjects"][sid]
                 if "labels" not in group:
                     continue
+                healthy.append("healthy" in group)
                 hit = self._mask(group["labels"][()])
                 if self.dims == 3:
                     rows += [(i, -1)] if hit.any() else []
                 else:
                     rows += [(i, int(z)) for z in np.flatnonzero(hit.any(axis=(0, 1)))]
+        self.has_healthy = bool(healthy) and all(healthy)
         return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
     def _file(self) -> h5py.File:
@@ -103,10 +110,14 @@ class LesionItems(torch.utils.data.Dataset):
         where = (slice(None),) * 3 if z < 0 else (slice(None), slice(None), z)
         images = np.stack([group["images"][(c, *where)] for c in self.channels])
         mask = self._mask(group["labels"][where])[None]
-        return {
+        item = {
             "images": torch.from_numpy(images.astype(np.float32)),
             "mask": torch.from_numpy(mask.astype(np.float32)),
         }
+        if self.has_healthy:  # the true substrate: the residual f_sub's target
+            healthy = np.stack([group["healthy"][(c, *where)] for c in self.channels])
+            item["healthy"] = torch.from_numpy(healthy.astype(np.float32))
+        return item
 
 
 def train(
