@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from synthbrain.errors import InputError
+from synthbrain.io.atomic import atomic_target
+from synthbrain.io.statedict import load_state
+from synthbrain.training.best import best_path
 from synthbrain.training.checkpoint import checkpoint_path, load_checkpoint
 from synthbrain.training.config import TrainConfig, resolve_device
 from synthbrain.training.data import check_dataset
@@ -40,11 +45,10 @@ from synthbrain.training.ddp import (
     launch_local,
 )
 from synthbrain.training.loop import train_loop
-from synthbrain.training.resume import restore_run
-from synthbrain.training.run import new_run, only_trainable
+from synthbrain.training.resume import export_ema, restore_run
+from synthbrain.training.run import Run, new_run, only_trainable
 from synthbrain.training.sampler import ResumableSampler
 from synthbrain.training.schedule import lr_factor
-from synthbrain.weights import save_state
 
 __all__ = [
     "TrainConfig",
@@ -177,13 +181,11 @@ def _fit_stage(
         elif ctx.is_main:
             ckpt.unlink(missing_ok=True)  # a stale one would be resumed if this run dies early
         run.log.restart(resumed_from)
+        run.metadata = options["metadata"]
         train_loop(run, train_set, val_set, ckpt, options["progress"])
-        if ctx.is_main:
-            meta = {"stage": stage, "step": run.step, "ema_decay": config.ema_decay}
-            meta = {**options["metadata"], "training": meta}
-            save_state(run.ema.export(engine), weights, metadata=meta)
+        chosen = _export(run, weights, ckpt)
         if options["load_ema"]:
-            engine.load_state_dict(run.ema.export(engine))
+            _load_exported(run, weights, chosen)
     return {
         "stage": stage,
         "steps": config.steps,
@@ -194,7 +196,39 @@ def _fit_stage(
         "checkpoint": str(ckpt),
         "weights": str(weights),
         "metrics": str(run.log.path),
+        "best": run.best.summary(best_path(ckpt)),
+        "exported": chosen,
         "seconds": run.seconds(),
         "device": str(device),
         "world_size": ctx.world_size,
     }
+
+
+def _export(run: Run, weights: Path, ckpt: Path) -> str:
+    """Write <stage>.safetensors: the best EMA weights when the config selects by a metric
+    (the last ones then go to checkpoints/last.safetensors), else the last. Returns which."""
+    best = best_path(ckpt)
+    want_best = run.best.metric is not None and run.config.export == "best"
+    if want_best and (run.best.step is None or not best.exists()):
+        if run.ctx.is_main:
+            warnings.warn(f"no validation chose a best by {run.best.metric}: exporting the last "
+                          "EMA weights", stacklevel=3)  # fmt: skip
+        want_best = False
+    if not want_best:
+        export_ema(run, weights)
+        return "last"
+    if run.ctx.is_main:
+        export_ema(run, ckpt.with_name("last.safetensors"))
+        with atomic_target(weights) as tmp:
+            shutil.copyfile(best, tmp)
+    return "best"
+
+
+def _load_exported(run: Run, weights: Path, chosen: str) -> None:
+    """Leave the exported EMA weights in the engine (every rank)."""
+    if chosen == "last":
+        run.engine.load_state_dict(run.ema.export(run.engine))
+        return
+    if run.ctx.distributed:
+        torch.distributed.barrier()  # rank 0 may have written the best file just now
+    run.engine.load_state_dict(load_state(weights))

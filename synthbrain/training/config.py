@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synthbrain.errors import InputError
 
@@ -24,7 +26,16 @@ class TrainConfig(BaseModel):
         checkpoint_every: write checkpoints/last.pt every this many updates (and at the end).
         log_every: one metrics line every this many updates (and at the end).
         val_every: validate the EMA weights every this many updates (and at the end).
-        val_batches: batches of the validation set per validation (0 disables validation).
+        val_batches: batches of the validation set per validation (0 disables validation): a
+            fixed subset of val_batches × batch_size examples drawn with `val_seed`.
+        val_seed: the seed of the validation subset and of its noise, independent of `seed`
+            so runs with different training seeds are validated on the same examples.
+        select_by: a validation metric ("val_<name>", e.g. "val_dice" when validation_step
+            returns "dice") that picks the best EMA weights; None keeps no best checkpoint.
+        higher_is_better: the direction of `select_by`; may be left out only for a name that
+            contains "loss" (lower is better).
+        export: which EMA weights become <stage>.safetensors when `select_by` is set: "best"
+            (checkpoints/best.safetensors) or "last".
         seed: the seed of data order, noise and dropout.
         amp: bf16 autocast on CUDA (no effect on CPU).
         num_workers: DataLoader worker processes reading the data.
@@ -47,11 +58,26 @@ class TrainConfig(BaseModel):
     log_every: int = Field(default=50, ge=1)
     val_every: int = Field(default=500, ge=1)
     val_batches: int = Field(default=4, ge=0)
+    val_seed: int = Field(default=0, ge=0)
+    select_by: str | None = Field(default=None, pattern=r"^val_\w+$")
+    higher_is_better: bool | None = None
+    export: Literal["best", "last"] = "best"
     seed: int = Field(default=0, ge=0)
     amp: bool = True
     num_workers: int = Field(default=2, ge=0)
     device: str = "auto"
     find_unused_parameters: bool = False
+
+    @model_validator(mode="after")
+    def _direction(self) -> TrainConfig:
+        """A select_by metric needs its direction; only a loss is assumed lower-is-better."""
+        if self.select_by is not None and self.higher_is_better is None:
+            if "loss" not in self.select_by:
+                raise ValueError(
+                    f"select_by = {self.select_by!r} needs higher_is_better = true or false"
+                )
+            self.higher_is_better = False
+        return self
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:

@@ -40,11 +40,17 @@ def train_loader(
 def val_loader(
     dataset: Dataset | None, cfg: TrainConfig, device: torch.device
 ) -> DataLoader | None:
-    """The first val_batches batches of the validation set, in order (None: no validation)."""
+    """A fixed subset of val_batches × batch_size validation examples (None: no validation).
+
+    The subset is drawn with `val_seed` rather than taken from the head, since a set's first
+    items are often the slices of one subject; sorted, so files are read in order.
+    """
     if dataset is None or cfg.val_batches == 0 or len(dataset) == 0:
         return None
-    head = Subset(dataset, range(min(len(dataset), cfg.val_batches * cfg.batch_size)))
-    return _loader(head, cfg, device, shuffle=False)
+    n = min(len(dataset), cfg.val_batches * cfg.batch_size)
+    order = torch.randperm(len(dataset), generator=make_generator(derive_seed("val", cfg.val_seed)))
+    subset = Subset(dataset, sorted(order[:n].tolist()))
+    return _loader(subset, cfg, device, shuffle=False)
 
 
 def _loader(dataset: Dataset, cfg: TrainConfig, device: torch.device, **kwargs: Any) -> DataLoader:

@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from synthbrain.errors import SynthbrainError
+from synthbrain.training.best import best_path
 from synthbrain.training.data import to_device, train_loader, val_loader
 from synthbrain.training.reporting import Reporter, choose_mode, scalar_values
-from synthbrain.training.resume import save_run
+from synthbrain.training.resume import export_ema, save_run
 from synthbrain.training.run import Run
 from synthbrain.training.sampler import derive_seed, make_generator
 
@@ -45,7 +46,7 @@ def train_loop(
             if run.step % cfg.log_every == 0 or last:
                 log_train(run, rep)
             if val is not None and (run.step % cfg.val_every == 0 or last):
-                validate(run, val, rep)
+                validate(run, val, rep, best_path(ckpt))
             if run.step % cfg.checkpoint_every == 0 or last:
                 save_run(run, ckpt, len(train_set))
         del batches  # stops the DataLoader workers
@@ -92,29 +93,46 @@ def log_train(run: Run, rep: Reporter) -> None:
     rep.log(record)
 
 
-def validate(run: Run, loader: DataLoader, rep: Reporter) -> None:
-    """Mean losses of the EMA weights over the validation batches, logged as val_* (rank 0)."""
+def validate(run: Run, loader: DataLoader, rep: Reporter, best_file: Path) -> None:
+    """Means of the EMA weights' validation values, logged as val_* (rank 0); keeps the best.
+
+    Each value is averaged over the batches where it is finite, so a task metric that is
+    undefined on some batch (Dice of a batch without lesion: NaN) does not poison the mean.
+    """
+    sums, counts = _validation_sums(run, loader)
+    run.val = {f"val_{k}": sums[k] / counts[k] if counts[k] else math.nan for k in sums}
+    record = {"stage": run.stage, "step": run.step, "kind": "val", **run.val}
+    record["seconds"] = round(run.seconds(), 3)
+    if run.best.improves(run.val, run.step):
+        export_ema(run, best_file, {"select_by": run.best.metric, "value": run.best.value})
+        record["best"] = True
+    run.log.write(record)
+    rep.log(record)
+
+
+def _validation_sums(run: Run, loader: DataLoader) -> tuple[dict[str, float], dict[str, int]]:
+    """Per key: the sum of the finite batch values and how many there were."""
     engine, cfg = run.engine, run.config
     step_fn = getattr(engine, "validation_step", None) or engine.training_step
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}
     engine.eval()
     with run.ema.applied(engine), torch.no_grad():
         for index, batch in enumerate(loader):
             # The same noise at every validation, so successive values are comparable.
-            generator = make_generator(derive_seed("val-noise", cfg.seed, index), run.device)
-            rng_seed = derive_seed("val-global", cfg.seed, index)
+            generator = make_generator(derive_seed("val-noise", cfg.val_seed, index), run.device)
+            rng_seed = derive_seed("val-global", cfg.val_seed, index)
             with seeded_global_rng(run.device, rng_seed), autocast(run.amp):
                 out = step_fn(to_device(batch, run.device), generator)
             for key, value in scalar_values(out).items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            count += 1
+                value = float(value)
+                sums.setdefault(key, 0.0)
+                counts.setdefault(key, 0)
+                if math.isfinite(value):
+                    sums[key] += value
+                    counts[key] += 1
     engine.train()
-    run.val = {f"val_{k}": v / count for k, v in sums.items()}
-    record = {"stage": run.stage, "step": run.step, "kind": "val", **run.val}
-    record["seconds"] = round(run.seconds(), 3)
-    run.log.write(record)
-    rep.log(record)
+    return sums, counts
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from synthbrain.errors import InputError
+from synthbrain.io.statedict import save_state
 from synthbrain.training.checkpoint import capture_rng, restore_rng, save_checkpoint
 from synthbrain.training.run import Run
 from synthbrain.training.sampler import ResumableSampler
@@ -43,8 +44,19 @@ def save_run(run: Run, path: Path, n_train: int) -> None:
         "lr": run.lr,
         "losses": run.losses,
         "val": run.val,
+        "best": run.best.state_dict(),
     }
     save_checkpoint(path, payload)
+
+
+def export_ema(run: Run, path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the EMA weights as safetensors (rank 0 only), with the run's metadata and
+    {"training": {stage, step, ema_decay, ...extra}}."""
+    if not run.ctx.is_main:
+        return path
+    training = {"stage": run.stage, "step": run.step, "ema_decay": run.config.ema_decay}
+    meta = {**run.metadata, "training": {**training, **(extra or {})}}
+    return save_state(run.ema.export(run.engine), path, metadata=meta)
 
 
 def restore_run(run: Run, payload: dict[str, Any], path: Path) -> None:
@@ -67,6 +79,7 @@ def restore_run(run: Run, payload: dict[str, Any], path: Path) -> None:
     _apply_config(run)
     run.elapsed_before = float(payload["elapsed"])
     run.losses, run.val = dict(payload["losses"]), dict(payload["val"])
+    run.best.load_state_dict(payload.get("best"))  # absent in checkpoints of older versions
     _warn_changed(run, payload, path)
 
 

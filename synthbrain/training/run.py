@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from synthbrain.training.best import Best
 from synthbrain.training.config import TrainConfig
 from synthbrain.training.ddp import DistContext
 from synthbrain.training.ema import EMA
@@ -54,6 +55,8 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     losses: dict[str, float] = field(default_factory=dict)
     val: dict[str, float] = field(default_factory=dict)
+    best: Best = field(default_factory=lambda: Best(None))
+    metadata: dict[str, Any] = field(default_factory=dict)  # stored in exported weights
 
     @property
     def amp(self) -> bool:
@@ -98,6 +101,7 @@ def new_run(
         scheduler=make_scheduler(optimizer, config.warmup, config.steps),
         ema=EMA(engine, names, config.ema_decay, config.ema_warmup),
         log=MetricsLog(out_dir / "metrics.jsonl", stage, ctx.is_main),
+        best=Best(config.select_by, bool(config.higher_is_better)),
     )
 
 
