@@ -254,10 +254,12 @@ def markdown(res: dict, command: str) -> str:
         f"| | realism AUC (95% CI) | {g['realism_auc'][0]:.2f} "
         f"({g['realism_auc'][1]:.2f}–{g['realism_auc'][2]:.2f}) | 0.5 |",
         f"| | seconds per triplet | {g['seconds_per_triplet']:.1f} | ≤ 20 |",
-        *_masks_rows(res.get("generate_masks")), "",
-        "| sampler | steps | in-lesion L1 ratio | PSNR (dB) | SSIM | s / heal |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *_masks_rows(res.get("generate_masks")),
     ]  # fmt: skip
+    if "steps" not in res:  # --no-tables
+        return "\n".join(lines)
+    lines += ["", "| sampler | steps | in-lesion L1 ratio | PSNR (dB) | SSIM | s / heal |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in res["steps"]:
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['l1_ratio']:.2f} | {r['psnr']:.1f} | "
                      f"{r['ssim']:.3f} | {r['seconds']:.1f} |")  # fmt: skip
@@ -276,7 +278,7 @@ def _reference_rows(r: dict | None) -> list[str]:
     return [
         f"| reference: the input, unedited | PSNR / SSIM vs true substrate | "
         f"{r['input_psnr']:.1f} dB / {r['input_ssim']:.3f} | |",
-        f"| reference: true substrate through the autoencoder | in-lesion L1 / input's; PSNR | "
+        f"| reference: true substrate through the representation | in-lesion L1 / input's; PSNR | "
         f"{r['floor_l1_ratio']:.2f}; {r['floor_psnr']:.1f} dB | |",
     ]
 
@@ -323,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1000, help="phantom run seed of the held-out set")
     ap.add_argument("--train-data", type=Path, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-tables", action="store_true", help="skip the steps and ACG tables")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--doc", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -339,10 +342,11 @@ def main(argv: list[str] | None = None) -> None:
         "heal": heal_metrics(bundle, subjects, run, with_mask=False),
         "heal_mask": heal_metrics(bundle, subjects, run, with_mask=True),
         "implant": implant_metrics(bundle, subjects, run, sign),
-        "acg": {t: heal_metrics(bundle, part, run, with_mask=False, target=t)
-                for t in ("clean", "renoised")},
-        "steps": steps_table(bundle, part, counts, ("ddim", "dpm++"), args.published_steps),
     }  # fmt: skip
+    if not args.no_tables:
+        res["acg"] = {t: heal_metrics(bundle, part, run, with_mask=False, target=t)
+                      for t in ("clean", "renoised")}  # fmt: skip
+        res["steps"] = steps_table(bundle, part, counts, ("ddim", "dpm++"), args.published_steps)
     train = args.train_data or Path(f"data/{args.lesion}-t1.h5")
     train_ml = training_volumes(train) if train.exists() else np.array([])
     reals = held_out(args.lesion, args.n_generate, args.seed, offset=args.n_edit)
