@@ -196,7 +196,11 @@ def test_config_refuses_deformation_without_a_mask_stream_and_odd_crops():
 def test_commands_other_than_enhance_say_so():
     from synthbrain.engines import deformation
 
-    calls = (deformation.generate, lambda: deformation.heal(None), lambda: deformation.implant(None))
+    calls = (
+        deformation.generate,
+        lambda: deformation.heal(None),
+        lambda: deformation.implant(None),
+    )
     for call in calls:
         with pytest.raises(InputError, match="enhance"):
             call()

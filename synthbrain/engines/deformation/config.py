@@ -91,6 +91,16 @@ class DeformationConfig(BaseModel):
             slices. The networks are fully convolutional, so sampling runs on whole slices.
         tumour_fraction: share of training items drawn from slices that hold enhancing tumour
             (slices are repeated to reach it) and of crops centred on an enhancing voxel.
+        centre_fraction: share of crops centred on an enhancing voxel when it should differ
+            from tumour_fraction (None: tumour_fraction).
+        tumour_weight: extra loss weight inside the tumour (labels > 0) dilated by
+            tumour_margin pixels: per-pixel weight 1 + tumour_weight there (0: the plain loss).
+        tumour_margin: pixels around the tumour that share its weight (the rim's surroundings).
+        dice_weight: weight of a soft Dice loss on the mask stream's (warped) x̂0, w_t-weighted
+            per item (0: none, the published loss).
+        regression: a plain regression U-Net baseline: the denoiser (no time embedding) maps the
+            condition straight to x0 (image, and the mask with a mask stream); no diffusion.
+        val_steps: DDIM steps of the sampled validation (ET Dice, tumour PSNR) in training.
         flip: random left-right flips in training.
     """
 
@@ -114,6 +124,14 @@ class DeformationConfig(BaseModel):
     clip_x0: bool = True
     crop: int | None = Field(default=48, ge=4)
     tumour_fraction: float = Field(default=0.5, ge=0, lt=1)
+    centre_fraction: float | None = Field(default=None, ge=0, le=1)
+    # Defaults keep the published loss, so configs and weights from before issue 15 still mean
+    # what they meant; the shipped config turns them on.
+    tumour_weight: float = Field(default=0.0, ge=0)
+    tumour_margin: int = Field(default=3, ge=0)
+    dice_weight: float = Field(default=0.0, ge=0)
+    regression: bool = False
+    val_steps: int = Field(default=4, ge=1)
     flip: bool = True
     sampling: Sampling = Sampling()
     denoiser: NetSettings = NetSettings(base_channels=12)
@@ -133,6 +151,8 @@ class DeformationConfig(BaseModel):
             raise ValueError(f"the target {self.target!r} cannot also be an input contrast")
         if self.deform and not self.mask_stream:
             raise ValueError("deform=true needs mask_stream=true (U reads the mask estimate)")
+        if self.regression and (self.deform or self.self_condition):
+            raise ValueError("regression=true is a plain U-Net: deform, self_condition false")
         if self.crop is not None and self.crop % self.multiple:
             raise ValueError(f"crop must be a multiple of {self.multiple} (the U-Nets' stride)")
         return self
@@ -142,6 +162,11 @@ class DeformationConfig(BaseModel):
         """Spatial sizes the networks accept are multiples of this."""
         levels = max(len(self.denoiser.channel_mults), len(self.warp_net.channel_mults))
         return 2 ** (levels - 1)
+
+    @property
+    def crop_centre_fraction(self) -> float:
+        """Share of training crops centred on an enhancing voxel."""
+        return self.tumour_fraction if self.centre_fraction is None else self.centre_fraction
 
     @property
     def state_channels(self) -> int:

@@ -85,8 +85,9 @@ class EnhanceSlices(torch.utils.data.Dataset):
 
     Items are dicts of float32 tensors: ``cond`` [(2k+1)·C, X, Y] (the input contrasts on the
     2k + 1 slices, offset-major), ``target`` [1, X, Y] (T1Gd, centre slice), ``mask`` [1, X, Y]
-    (enhancing tumour, 0/1) and ``brain`` [1, X, Y]. Slices holding enhancing tumour are repeated
-    so that they make up at least `tumour_fraction` of the items (deterministically).
+    (enhancing tumour, 0/1), ``tumour`` [1, X, Y] (any tumour label, 0/1) and ``brain``.
+    Slices holding enhancing tumour are repeated so that they make up at least
+    `tumour_fraction` of the items (deterministically).
     """
 
     def __init__(
@@ -112,7 +113,8 @@ class EnhanceSlices(torch.utils.data.Dataset):
         self.cond_index = channel_indices(contrasts, available, context)
         self.target_index = channel_indices([target], available, 0)[0] + context * len(available)
         self.label = int(label)
-        self.index = _oversample(self._tumour_rows(), tumour_fraction)
+        self.hits = self._tumour_rows()
+        self.index = _oversample(self.hits, tumour_fraction)
 
     def _tumour_rows(self) -> np.ndarray:
         """Per item of the slice index: does its centre slice hold the enhancing label?"""
@@ -138,8 +140,23 @@ class EnhanceSlices(torch.utils.data.Dataset):
             "cond": images[self.cond_index],
             "target": images[self.target_index : self.target_index + 1],
             "mask": (item["labels"].round() == self.label).to(torch.float32),
+            "tumour": (item["labels"].round() > 0).to(torch.float32),
             "brain": item["brain_mask"].to(torch.float32),
         }
+
+
+def tumour_subset(dataset: EnhanceSlices, n: int) -> torch.utils.data.Subset:
+    """A fixed validation set: `n` slices holding enhancing tumour, spread evenly over the split.
+
+    The training loop validates on the first items of its validation set; without this they
+    would be the lowest slices of the first subject, which hold no tumour to score.
+    """
+    rows = np.flatnonzero(dataset.hits)
+    if len(rows) == 0:
+        return torch.utils.data.Subset(dataset, list(range(min(n, len(dataset)))))
+    pick = rows[np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int)]
+    # item i < len(hits) of EnhanceSlices is slice row i itself (repeats come after)
+    return torch.utils.data.Subset(dataset, [int(i) for i in np.unique(pick)])
 
 
 def _oversample(hits: np.ndarray, fraction: float) -> np.ndarray:

@@ -32,8 +32,16 @@ from synthbrain.diffusion import (
 )
 from synthbrain.engines.deformation.config import DeformationConfig
 from synthbrain.engines.deformation.data import crop_batch, flip_batch
+from synthbrain.engines.deformation.losses import (
+    mask_probability,
+    region_weights,
+    soft_dice_loss,
+    task_scores,
+    tumour_region,
+    weighted_error,
+)
 from synthbrain.errors import InputError
-from synthbrain.nets import UNet, smoothness, warp
+from synthbrain.nets import UNet, pad_to_multiple, smoothness, unpad, warp
 
 MASK = 1  # channel of the mask in the diffusion state
 
@@ -59,6 +67,8 @@ class DeformationModel(nn.Module):
         self.schedule = build_schedule(config)
         s = config.state_channels
         in_ch = s + config.cond_channels + (s if config.self_condition else 0)
+        if config.regression:  # the baseline sees the condition only
+            in_ch = config.cond_channels
         heads: int | tuple[int, ...] = 1
         if config.mask_stream:
             heads = (1, 1) if config.decoder == "dual" else 2
@@ -67,6 +77,7 @@ class DeformationModel(nn.Module):
             2, in_ch, heads, base_channels=net.base_channels, channel_mults=net.channel_mults,
             num_res_blocks=net.num_res_blocks, attention_levels=net.attention_levels,
             groups=net.groups, dropout=net.dropout, separate_decoders=config.decoder == "dual",
+            time_embedding=not config.regression,
         )  # fmt: skip
         self.warp_net: UNet | None = None
         if config.deform:
@@ -93,6 +104,11 @@ class DeformationModel(nn.Module):
         out = self.denoiser(x, t)
         return torch.cat(out, dim=1) if isinstance(out, tuple) else out
 
+    def regress(self, cond: Tensor) -> Tensor:
+        """The regression baseline's x̂0 [B, S, H, W] straight from the condition."""
+        out = self.denoiser(cond.contiguous(memory_format=torch.channels_last))
+        return torch.cat(out, dim=1) if isinstance(out, tuple) else out
+
     def displacement(self, x0: Tensor) -> Tensor:
         """û = U(m̂0): the displacement (voxels, [B, 2, H, W]) from the mask channel of x̂0."""
         if self.warp_net is None:
@@ -115,7 +131,10 @@ class DeformationModel(nn.Module):
     def training_step(
         self, batch: dict[str, Tensor], generator: torch.Generator
     ) -> dict[str, Tensor]:
-        """One batch of the D3M loss: w_t·‖φ_û(v̂) − v‖² + λ·w_t·‖∇û‖² (METHODS.md §3).
+        """One batch of the D3M loss: w_t·‖φ_û(v̂) − v‖²_W + λ·w_t·‖∇û‖² (+ μ·w_t·Dice).
+
+        W is 1 + tumour_weight around the tumour (1 everywhere by default); the Dice term on the
+        mask stream's warped x̂0 is added when dice_weight > 0 (METHODS.md §3, issue 15).
 
         Args:
             batch: ``cond``, ``target``, ``mask`` (and ``brain``) as `EnhanceSlices` gives
@@ -124,9 +143,11 @@ class DeformationModel(nn.Module):
 
         Returns:
             "loss" plus the logged parts: "syn" (weighted v loss), "flow" (weighted smoothness),
-            "v_img" / "v_mask" (unweighted per-stream v errors).
+            "v_img" / "v_mask" (unweighted per-stream v errors), "dice" (soft Dice loss).
         """
         batch = self._augment(batch, generator)
+        if self.config.regression:
+            return self._regression_step(batch)
         cond, x0 = self.model_inputs(batch)
         b, device = x0.shape[0], x0.device
         draw = {"generator": generator, "device": generator.device}  # a CUDA run draws on CUDA
@@ -138,27 +159,81 @@ class DeformationModel(nn.Module):
         v = v_from_x0_eps(self.schedule, x0, t, noise)
         w = self.loss_weight(t, x0)
         flow = torch.zeros((), device=device)
+        x0_raw = x0_from_v(self.schedule, x_t, t, v_hat)
+        u: Tensor | None = None
         if self.warp_net is not None:
             # û from the mask channel of the clipped x̂0; φ_û(v̂) is compared with v.
-            x0_hat = self._clip(x0_from_v(self.schedule, x_t, t, v_hat))
-            u = self.displacement(x0_hat)
+            u = self.displacement(self._clip(x0_raw))
             v_hat = warp(v_hat, u, exact=False)
             smooth = torch.stack([smoothness(u[i : i + 1]) for i in range(b)])
             flow = (w * smooth).mean()
         err = (v_hat - v).pow(2)
-        syn = (w * err.mean(dim=(1, 2, 3))).mean()
+        syn = (w * weighted_error(err, self._pixel_weights(batch))).mean()
         out = {"loss": syn + self.config.smooth_weight * flow, "syn": syn.detach()}
         out["flow"] = flow.detach()
+        self._add_mask_terms(out, err, x0_raw[:, MASK : MASK + 1], u, batch, w)
+        return out
+
+    def _pixel_weights(self, batch: dict[str, Tensor]) -> Tensor:
+        """The image loss's per-pixel weights (1 + tumour_weight near the tumour)."""
+        cfg = self.config
+        return region_weights(tumour_region(batch), cfg.tumour_weight, cfg.tumour_margin)
+
+    def _add_mask_terms(
+        self,
+        out: dict[str, Tensor],
+        err: Tensor,
+        m0: Tensor,
+        u: Tensor | None,
+        batch: dict[str, Tensor],
+        item_weight: Tensor | None,
+    ) -> None:
+        """Log the per-stream errors and add the Dice loss on m̂0 (warped like the output)."""
         out["v_img"] = err[:, :1].mean().detach()
-        if self.config.mask_stream:
-            out["v_mask"] = err[:, MASK:].mean().detach()
+        if not self.config.mask_stream:
+            return
+        out["v_mask"] = err[:, MASK:].mean().detach()
+        if self.config.dice_weight <= 0:
+            return
+        # The unclipped x̂0 keeps gradients where it overshoots; warped as sampling warps it.
+        m0 = warp(m0, u, exact=False) if u is not None else m0
+        dice = soft_dice_loss(mask_probability(m0), batch["mask"], item_weight)
+        out["loss"] = out["loss"] + self.config.dice_weight * dice
+        out["dice"] = dice.detach()
+
+    def _regression_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The regression baseline's loss: weighted ‖x̂0 − x0‖² (+ Dice on the mask head)."""
+        cond, x0 = self.model_inputs(batch)
+        x0_hat = self.regress(cond)
+        err = (x0_hat - x0).pow(2)
+        syn = weighted_error(err, self._pixel_weights(batch)).mean()
+        out = {"loss": syn, "syn": syn.detach()}
+        self._add_mask_terms(out, err, x0_hat[:, MASK : MASK + 1], None, batch, None)
+        return out
+
+    @torch.no_grad()
+    def validation_step(
+        self, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """The training losses plus the task: ET Dice and tumour PSNR of whole-slice samples.
+
+        The batch's whole slices are sampled with val_steps DDIM steps from noise drawn with
+        `generator` (the loop passes the same one at every validation, so values compare).
+        """
+        out = self.training_step(batch, generator)
+        cond, _ = self.model_inputs(batch)
+        padded, pad = pad_to_multiple(cond, self.config.multiple, value=-1.0)  # background
+        shape = (cond.shape[0], self.config.state_channels, *padded.shape[2:])
+        x_T = randn(shape, generator, cond.device, cond.dtype)
+        state = unpad(self.sample(padded, x_T, steps=self.config.val_steps), pad)
+        out.update(task_scores(state, batch, self.config.mask_stream))
         return out
 
     def _augment(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         """Crop windows (centred on tumour at the configured rate) and left-right flips."""
         cfg = self.config
         if cfg.crop is not None:
-            batch = crop_batch(batch, cfg.crop, generator, cfg.tumour_fraction)
+            batch = crop_batch(batch, cfg.crop, generator, cfg.crop_centre_fraction)
         if cfg.flip:
             batch = flip_batch(batch, generator)
         return batch
@@ -220,6 +295,8 @@ class DeformationModel(nn.Module):
         Options default to ``config.sampling``. Returns the clean state [B, S, H, W]: channel 0
         the synthetic T1Gd, channel 1 (with a mask stream) the enhancing-tumour mask, in [−1, 1].
         """
+        if self.config.regression:  # one forward pass; x_T and the sampler are not used
+            return self.regress(cond).clamp(-1.0, 1.0)
         cfg = self.config.sampling
         steps = steps or cfg.steps
         sampler = sampler or cfg.sampler

@@ -21,7 +21,12 @@ from synthbrain.engines.deformation.config import (
     DeformationConfig,
     load_config,
 )
-from synthbrain.engines.deformation.data import EnhanceSlices, describe, enhancing_label
+from synthbrain.engines.deformation.data import (
+    EnhanceSlices,
+    describe,
+    enhancing_label,
+    tumour_subset,
+)
 from synthbrain.engines.deformation.model import DeformationModel
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
@@ -121,7 +126,9 @@ def train(
     )
     label, convention, source = enhancing_label(data)
     reporter.info(f"enhancing tumour = label {label} ({convention} naming, {source})")
-    train_set, val_set = (_slices(data, split, config, label) for split in ("train", "val"))
+    train_set, val_slices = (_slices(data, split, config, label) for split in ("train", "val"))
+    # validation_step scores ET Dice / tumour PSNR, so it sees tumour slices (a fixed set)
+    val_set = tumour_subset(val_slices, config.train.val_batches * config.train.batch_size)
     model = DeformationModel(config, label)
     meta = {"engine": "deformation", "config": config.model_dict(), **describe(label, convention,
             source), "training_data": Path(data).name}  # fmt: skip
