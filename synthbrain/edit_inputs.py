@@ -106,8 +106,7 @@ def check_edit(
     engines.check_name(engine)
     check_engine_options(engine, command, {"severity": severity, **options})
     check_severity(severity, options.get("eta"))
-    if variants < 1:
-        raise InputError(f"--variants must be at least 1, got {variants}")
+    check_variants(variants)
     check_lesion(engine, lesion, weights)
     image = load_volume(scan, kind="image")
     mask_volume = None
@@ -165,8 +164,10 @@ def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: b
     given = {"anatomy": anatomy, "severity": severity, "variants": variants, **options}
     check_engine_options(engine, "generate", given)
     check_severity(severity, options.get("eta"))
-    if n < 1 or batch_size < 1 or (variants is not None and variants < 1):
-        raise InputError("--n, --batch-size and --variants must be at least 1")
+    if n < 1 or batch_size < 1:
+        raise InputError("--n and --batch-size must be at least 1")
+    if variants is not None:
+        check_variants(variants)
     if anatomy is not None and not Path(anatomy).is_dir():
         raise InputError("--anatomy must be a folder of NIfTI files", anatomy)
     if masks is not None and not (Path(masks).is_dir() or is_phantom_masks(masks)):
@@ -209,6 +210,15 @@ def check_engine_options(engine: str, command: str, options: dict[str, Any]) -> 
                 f"{flag} does not apply to `{command} --engine {engine}` "
                 f"(only to --engine {' or '.join(readers)}); drop it or change the engine"
             )
+
+
+MAX_VARIANTS = 64  # lesions per mask in one call: beyond this it is a typo, not a request
+
+
+def check_variants(variants: int) -> None:
+    """--variants K in [1, MAX_VARIANTS]."""
+    if not 1 <= int(variants) <= MAX_VARIANTS:
+        raise InputError(f"--variants must lie in [1, {MAX_VARIANTS}], got {variants}")
 
 
 def check_severity(severity: float | None, eta: float | None = None) -> None:

@@ -134,6 +134,7 @@ def test_generate_variants_differ_inside_the_mask_only(tmp_path, capsys):
     [
         (["generate", "--engine", "deviation", "--severity", "3"], ["--severity", "[0, 2]"]),
         (["generate", "--engine", "deviation", "--variants", "0"], ["--variants"]),
+        (["generate", "--engine", "deviation", "--variants", "65"], ["--variants", "64"]),
         (["generate", "--engine", "deviation", "--eta", "-1"], ["--eta"]),
         (["generate", "--engine", "paired", "--severity", "0.5"], ["--severity", "paired"]),
         (["generate", "--engine", "paired", "--variants", "2"], ["--variants", "paired"]),
@@ -144,6 +145,24 @@ def test_generate_bad_or_foreign_options_exit_2(tmp_path, capsys, args, words):
     code, _, err = run([*args, "--out", str(tmp_path / "run"), "--n", "1"], capsys)
     assert code == 2 and all(w in err for w in words), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--variants", "0"], ["--variants", "[1, 64]"]),
+        (["--variants", "65"], ["--variants", "[1, 64]"]),
+        (["--severity", "2.5"], ["--severity", "[0, 2]"]),
+        (["--severity", "-0.1"], ["--severity", "[0, 2]"]),
+    ],
+)
+def test_implant_bad_variants_or_severity_exit_2(tmp_path, capsys, extra, words):
+    t1, _, mask = scans(tmp_path)
+    out = tmp_path / "o.nii.gz"
+    args = ["implant", str(t1), "--mask", str(mask), "--engine", "deviation", "--out", str(out)]
+    code, _, err = run([*args, *extra], capsys)
+    assert code == 2 and all(w in err for w in words) and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "o_editmask.nii.gz").exists()
 
 
 @pytest.mark.parametrize(

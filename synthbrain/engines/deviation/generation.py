@@ -83,8 +83,8 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     merged.update({k: v for k, v in options.items() if v is not None})
     if not 0.0 <= float(merged["severity"]) <= 2.0:
         raise InputError(f"severity must lie in [0, 2], got {merged['severity']}")
-    if int(merged["variants"]) < 1 or int(merged["n"]) < 1:
-        raise InputError("--n and variants must be at least 1")
+    if int(merged["n"]) < 1 or not 1 <= int(merged["variants"]) <= 64:
+        raise InputError("--n must be at least 1 and variants lie in [1, 64]")
     return merged
 
 
