@@ -113,7 +113,7 @@ def _setup(args: argparse.Namespace) -> tuple[PairedModel, Any, torch.Tensor, to
     from synthbrain.engines.paired import training as tr
     from synthbrain.engines.paired.latents import compute_latents, load_latents, save_latents
 
-    cfg = tr.load_train_config(args.config, seed=args.seed)
+    cfg = tr.load_train_config(args.config, seed=args.seed, steps=args.steps)
     model = PairedModel(tr.model_config_for(args.data, cfg.model))
     d = cfg.diffusion
     model.p_true_condition = d.p_true_condition
@@ -297,6 +297,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--latents", required=True, help="latent cache shared by the arms")
     p.add_argument("--minutes", type=float, required=True)
+    p.add_argument("--steps", type=int, default=None, help="stop at this update (equal budget)")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
