@@ -70,10 +70,16 @@ def slab_region(brain: np.ndarray, target: np.ndarray, slab: int) -> tuple[np.nd
 
 
 def ssim_2d(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, zs: list) -> float:
-    """Axial 2-D SSIM (the paper's setting), averaged over the voxels of `mask`."""
+    """Axial 2-D SSIM (the paper's setting), averaged over the voxels of `mask`.
+
+    metrics.ssim is scikit-image's SSIM: it leaves out a 5-voxel rim, so a slice whose mask
+    lies wholly in that rim gives nan and is skipped (weights count interior voxels only).
+    """
     total, count = 0.0, 0
+    inner = np.zeros(mask.shape[:2], bool)
+    inner[5:-5, 5:-5] = True
     for z in zs:
-        n = int(mask[..., z].sum())
+        n = int(((mask[..., z] > 0) & inner).sum())
         if n:
             total += metrics.ssim(pred[..., z], ref[..., z], mask[..., z]) * n
             count += n
