@@ -208,7 +208,8 @@ def train(
 
 def generate(*, out: Path, engine: str | None = None, **options: Any) -> dict[str, Any]:
     """Generate triplets (pathological image, lesion mask, healthy substrate) and a manifest."""
-    from synthbrain.edit_inputs import check_generate, is_phantom_masks
+    from synthbrain.edit_inputs import check_generate
+    from synthbrain.io.paths import is_phantom_masks
 
     engine = engine or ("deviation" if options.get("lesion") == "tumor" else "paired")
     check_generate(out=Path(out), engine=engine, **options)

@@ -8,8 +8,7 @@ from typing import Any
 
 from synthbrain.errors import InputError
 from synthbrain.io.atomic import check_writable
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from synthbrain.io.paths import check_output_file, find_brats_contrast, is_phantom_masks, stem
 
 
 @dataclass
@@ -32,31 +31,6 @@ class EnhanceInputs:
     out: Path
     mask_out: Path | None
     ignored: list[Path] = field(default_factory=list)
-
-
-def stem(path: Path) -> str:
-    """File name without .nii / .nii.gz."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem
-
-
-def check_output_file(out: Path, inputs: list[Path], overwrite: bool) -> Path:
-    """An output NIfTI path that is not an input and does not clobber a file unless asked."""
-    out = Path(out)
-    if not out.name.endswith(NIFTI_SUFFIXES):
-        raise InputError("output must end in .nii or .nii.gz", out)
-    for given in inputs:
-        if given is not None and out.resolve() == Path(given).resolve():
-            raise InputError("output would overwrite an input file; choose another --out", out)
-    check_writable(out, folder=False)
-    if out.exists() and not overwrite:
-        raise InputError("output exists already (use --overwrite to replace it)", out)
-    if not out.parent.exists():
-        raise InputError("output folder does not exist", out.parent)
-    return out
 
 
 def load_mask_for(scan, mask_path: Path, *, resample_mask: bool, label: bool):  # noqa: ANN001, ANN201
@@ -143,14 +117,6 @@ def load_contrasts(scan, contrast: str, extra: dict[str, Path], *, resample: boo
             check_same_grid(scan, volume, what=name)
         volumes[name] = volume
     return volumes
-
-
-PHANTOM_MASKS = "phantom"  # --masks phantom: lesion shapes drawn by the phantom corpus
-
-
-def is_phantom_masks(masks: Path | str | None) -> bool:
-    """Whether --masks asks for phantom lesion shapes (a folder of that name wins)."""
-    return masks is not None and str(masks) == PHANTOM_MASKS and not Path(masks).is_dir()
 
 
 def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: bool = False,
@@ -256,25 +222,6 @@ def check_lesion(engine: str, lesion: str | None, weights: str | None) -> None:
             f"--weights {weights} is for lesion {theirs!r} but --lesion is {lesion!r}; "
             "give one of the two"
         )
-
-
-BRATS_PATTERNS = {
-    "t1": ("*_t1.nii*", "*-t1n.nii*"),
-    "t2": ("*_t2.nii*", "*-t2w.nii*"),
-    "flair": ("*_flair.nii*", "*-t2f.nii*"),
-    "t1gd": ("*_t1ce.nii*", "*-t1c.nii*"),
-}
-
-
-def find_brats_contrast(folder: Path, contrast: str) -> Path | None:
-    """The file of one contrast in a BraTS 2020/2023 subject folder, if present."""
-    for pattern in BRATS_PATTERNS[contrast]:
-        found = sorted(Path(folder).glob(pattern))
-        if len(found) > 1:
-            raise InputError(f"several {contrast} files match {pattern}", folder)
-        if found:
-            return found[0]
-    return None
 
 
 def check_enhance(

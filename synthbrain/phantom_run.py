@@ -12,15 +12,8 @@ from typing import Any
 import numpy as np
 
 from synthbrain.config import PhantomConfig, to_json_dict
+from synthbrain.phantom.lesions import label_names
 from synthbrain.progress import Reporter
-
-BRATS_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "enhancing": 3}
-BINARY_LABELS = {"background": 0, "lesion": 1}
-
-
-def label_names(lesion: str) -> dict[str, int]:
-    """Label values written for a lesion type (BraTS 2023 naming for tumours)."""
-    return BRATS_LABELS if lesion == "tumor" else BINARY_LABELS
 
 
 def sample_name(k: int) -> str:

@@ -23,8 +23,9 @@ from scipy import ndimage
 from synthbrain.cohorts import SubjectFiles
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import GridTransform, Volume, grid_for, load_volume, to_grid
+from synthbrain.spatial.extent import brain_geometry
+from synthbrain.spatial.window import intensity_range, scale_intensity
 
-PERCENTILES = (0.5, 99.5)
 GRID_ATOL_MM = 1e-3  # affines closer than this describe the same grid (float noise in headers)
 SPACES = ("native", "template")
 REGISTRATION_SEED = 0  # the metric's sampling seed: registrations independent of the split seed
@@ -95,24 +96,6 @@ def load_subject(files: SubjectFiles, contrasts: Sequence[str]) -> LoadedSubject
     return LoadedSubject(files, images, labels, mask.astype(np.uint8), from_nonzero)
 
 
-def intensity_range(
-    data: np.ndarray, mask: np.ndarray, percentiles: Sequence[float] = PERCENTILES
-) -> tuple[float, float]:
-    """The (lo, hi) intensity percentiles inside the mask (0.5 / 99.5 by default)."""
-    lo, hi = np.percentile(data[mask > 0], percentiles)
-    return float(lo), float(hi)
-
-
-def scale_intensity(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Clip to [lo, hi] and map linearly onto [0, 1] (float32)."""
-    return np.clip((data.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
-def unscale_intensity(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Inverse of `scale_intensity` on [0, 1]: back to the scan's intensity range."""
-    return (np.asarray(data, dtype=np.float32) * (hi - lo) + lo).astype(np.float32)
-
-
 def n4_correct(
     data: np.ndarray,
     mask: np.ndarray,
@@ -141,17 +124,6 @@ def n4_correct(
     log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image))
     corrected = data / np.exp(np.transpose(log_field, (2, 1, 0)))
     return np.where(mask > 0, corrected, data).astype(np.float32)
-
-
-def brain_geometry(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(centre of mass in world mm, half-extent in mm per world axis around it) of a mask."""
-    com = affine[:3, :3] @ np.asarray(ndimage.center_of_mass(mask > 0)) + affine[:3, 3]
-    idx = np.argwhere(mask > 0)
-    lo, hi = idx.min(axis=0) - 0.5, idx.max(axis=0) + 0.5
-    bounds = np.stack([lo, hi])  # [2, 3]: the 8 corners of the voxel bounding box
-    corners = np.array([bounds[bits, [0, 1, 2]] for bits in np.ndindex(2, 2, 2)], np.float64)
-    world = corners @ affine[:3, :3].T + affine[:3, 3]
-    return com, np.abs(world - com).max(axis=0)
 
 
 def subject_facts(files: SubjectFiles, contrasts: Sequence[str]) -> dict[str, Any]:
@@ -262,7 +234,7 @@ def register_subject(
     skull and neck do not pull it off the skull-stripped template. InputError when the
     registration fails its sanity checks, or a registered T1 does not resemble the template.
     """
-    from synthbrain.engines.paired.edit import scan_to_grid
+    from synthbrain.spatial.template import scan_to_grid
 
     contrast = "t1" if "t1" in sub.images else next(iter(sub.images))
     vol = sub.images[contrast]

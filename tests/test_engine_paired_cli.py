@@ -52,8 +52,8 @@ def test_generate_with_embedded_weights(tmp_path, capsys):
 
 @needs_weights
 def test_heal_with_embedded_weights_keeps_the_scan(tmp_path, capsys):
-    from synthbrain.engines.paired.edit import template_arrays
     from synthbrain.io.geometry import resample_array
+    from synthbrain.spatial.template import template_arrays
 
     t1, _, t_aff = template_arrays(2.0)
     shape = (70, 80, 64)

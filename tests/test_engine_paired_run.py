@@ -91,7 +91,7 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, weights):
 
 
 def test_generate_from_given_masks(tmp_path, weights):
-    from synthbrain.engines.paired.edit import template_arrays
+    from synthbrain.spatial.template import template_arrays
 
     _, brain, affine = template_arrays(SPACING, GRID)
     masks = tmp_path / "masks"
@@ -105,7 +105,7 @@ def test_generate_from_given_masks(tmp_path, weights):
 
 def test_generate_with_phantom_masks(tmp_path, weights, monkeypatch):
     """--masks phantom: each sample gets its own phantom lesion, inside the brain, replayable."""
-    from synthbrain.engines.paired.edit import template_arrays
+    from synthbrain.spatial.template import template_arrays
 
     monkeypatch.chdir(tmp_path)  # no folder named "phantom" here
     _, brain, _ = template_arrays(SPACING, GRID)
@@ -134,7 +134,7 @@ def test_unknown_lesion_lists_the_available_weights(tmp_path):
 
 def _scan(tmp_path: Path, affine: np.ndarray, shape=(20, 22, 18)) -> tuple[Path, np.ndarray]:
     """The template (MNI space) seen through an odd grid, in scanner-like units."""
-    from synthbrain.engines.paired.edit import template_arrays
+    from synthbrain.spatial.template import template_arrays
 
     t1, _, t_aff = template_arrays(SPACING, GRID)
     aff = centred(affine @ np.diag([10.0, 10.0, 10.0, 1.0]), shape, (0.0, -18.0, 18.0))

@@ -106,8 +106,8 @@ def deformation_weights(folder: Path) -> Path:
 
 def paired_scan(folder: Path) -> tuple[Path, Path]:
     """The template seen through an odd oblique grid, and a box mask on that grid."""
-    from synthbrain.engines.paired.edit import template_arrays
     from synthbrain.io.geometry import resample_array
+    from synthbrain.spatial.template import template_arrays
 
     shape = (20, 22, 18)
     t1, _, t_aff = template_arrays(PAIRED_SPACING, PAIRED_GRID)

@@ -14,8 +14,9 @@ from niftis import AFFINE_ANISO, AFFINE_LPS, AFFINE_PIR, AFFINE_RAS, ball, centr
 from synthbrain.cohorts import detect_label_convention, discover
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import SliceDataset, VolumeDataset, make_split, read_info, split_ids
-from synthbrain.prepare import n4_correct, scale_intensity, unscale_intensity
+from synthbrain.prepare import n4_correct
 from synthbrain.preprocess import preprocess
+from synthbrain.spatial.window import scale_intensity, unscale_intensity
 
 SHAPE = (21, 21, 21)  # odd: voxel centres on whole mm, so 2 mm grid points meet no NN ties
 BRATS = {

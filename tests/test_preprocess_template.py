@@ -27,7 +27,7 @@ TPL_FIELDS = ("t1", "brain", "affine")
 @pytest.fixture(scope="module")
 def tpl() -> dict[str, np.ndarray]:
     """The 2 mm MNI152 template (what the scans are made of) and the 4 mm grid it lands on."""
-    from synthbrain.engines.paired.edit import template_arrays
+    from synthbrain.spatial.template import template_arrays
 
     fine = dict(zip(TPL_FIELDS, template_arrays(2.0), strict=True))
     coarse = dict(zip(TPL_FIELDS, template_arrays(SPACING, GRID), strict=True))

@@ -8,7 +8,7 @@ from niftis import AFFINE_OBLIQUE, AFFINE_PIR, centred, oblique_affine, rotation
 
 from synthbrain.errors import InputError
 from synthbrain.io.geometry import Volume, from_grid, resample_array, to_grid
-from synthbrain.io.registration import (
+from synthbrain.spatial.registration import (
     Registration,
     check_registration,
     register_to_template,
@@ -21,7 +21,7 @@ GRID = (48, 56, 48)  # the template at 4 mm keeps these tests fast
 
 @pytest.fixture(scope="module")
 def tpl():
-    from synthbrain.engines.paired.edit import template_arrays
+    from synthbrain.spatial.template import template_arrays
 
     return template_arrays(4.0, GRID)
 
@@ -94,7 +94,7 @@ def test_grid_round_trip_through_a_registration(tpl):
 
 def test_brain_sized_noise_is_refused_by_its_t1_correlation(tpl):
     """A noise ball registers with good overlap; its correlation with the template T1 stops it."""
-    from synthbrain.engines.paired.edit import MIN_T1_CORRELATION, scan_to_grid
+    from synthbrain.spatial.template import MIN_T1_CORRELATION, scan_to_grid
 
     shape = (44, 52, 44)
     affine = centred(oblique_affine((4.0, 4.0, 4.0)), shape, (0.0, -18.0, 18.0))

@@ -19,6 +19,16 @@ from synthbrain.phantom.template import TemplateAnatomy, template, world_axes
 
 LESIONS = ("stroke", "wmh", "tumor", "none")
 LESION_KINDS = tuple(kind for kind in LESIONS if kind != "none")  # the ones with a lesion
+# Label values a phantom subject of each kind is written with (BraTS 2023 naming for tumours).
+BRATS_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "enhancing": 3}
+BINARY_LABELS = {"background": 0, "lesion": 1}
+
+
+def label_names(lesion: str) -> dict[str, int]:
+    """Label values written for a lesion type (BraTS 2023 naming for tumours)."""
+    return BRATS_LABELS if lesion == "tumor" else BINARY_LABELS
+
+
 VOLUME_RANGES_ML = {"stroke": (1.0, 150.0), "wmh": (0.5, 40.0), "tumor": (5.0, 200.0)}
 # Contrast compartments of each lesion type, in compartment-index order (1, 2, ...).
 COMPARTMENTS = {

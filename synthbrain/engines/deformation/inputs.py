@@ -19,7 +19,8 @@ from scipy import ndimage
 
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import GridTransform, Volume, from_grid, grid_for, to_grid
-from synthbrain.prepare import brain_geometry, intensity_range, scale_intensity, unscale_intensity
+from synthbrain.spatial.extent import brain_geometry
+from synthbrain.spatial.window import intensity_range, scale_intensity, unscale_intensity
 
 _LPS = np.diag([-1.0, -1.0, 1.0])  # ITK's physical space is LPS, nibabel's RAS
 

@@ -17,8 +17,7 @@ import numpy as np
 
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import GridTransform, Volume, grid_for, to_grid
-
-PERCENTILES = (0.5, 99.5)
+from synthbrain.spatial.window import percentile_window, to_unit
 
 
 @dataclass
@@ -48,16 +47,15 @@ def brain_of(volumes: Mapping[str, Volume]) -> np.ndarray:
 
 def intensity_window(data: np.ndarray, region: np.ndarray) -> tuple[float, float]:
     """(lo, hi): the 0.5th / 99.5th percentiles of `data` over `region` (the healthy brain)."""
-    values = data[region]
-    if values.size == 0:
+    found = percentile_window(data, region, collapse="unit")
+    if found is None:
         raise InputError("no brain voxels outside the lesion to set the intensity range from")
-    lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
-    return lo, (hi if hi > lo else lo + 1.0)
+    return found
 
 
 def normalise(data: np.ndarray, brain: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Clip to [lo, hi], scale to [0, 1], 0 outside the brain (the model's intensities)."""
-    return (np.clip((data - lo) / (hi - lo), 0.0, 1.0) * brain).astype(np.float32)
+    return (to_unit(data, lo, hi) * brain).astype(np.float32)
 
 
 def subject_from_inputs(

@@ -152,7 +152,7 @@ def edit_subject(
 
 def output_paths(out: Path, contrasts: list[str], primary: str, variants: int) -> dict:
     """(variant, contrast) -> path: variant 0 of the scan's contrast is `out` itself."""
-    from synthbrain.edit_inputs import stem
+    from synthbrain.io.paths import stem
 
     out = Path(out)
     ext = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
@@ -172,7 +172,7 @@ def output_paths(out: Path, contrasts: list[str], primary: str, variants: int) -
 
 def check_outputs(paths: dict, inputs: list[Path], overwrite: bool) -> None:
     """Refuse outputs that exist (unless overwrite) or that would overwrite an input."""
-    from synthbrain.edit_inputs import check_output_file
+    from synthbrain.io.paths import check_output_file
 
     for path in paths.values():
         check_output_file(path, inputs, overwrite)

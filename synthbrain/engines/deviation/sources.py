@@ -38,7 +38,7 @@ def nifti_files(folder: Path) -> list[Path]:
 def anatomy_entries(folder: Path, contrasts: tuple[str, ...]) -> list[dict[str, Path]]:
     """Anatomies of a folder: NIfTI files (the model's first contrast) or BraTS-style subject
     folders (each contrast found by its file name). All must offer the same contrasts."""
-    from synthbrain.edit_inputs import find_brats_contrast
+    from synthbrain.io.paths import find_brats_contrast
 
     entries: list[dict[str, Path]] = [{contrasts[0]: p} for p in nifti_files(folder)]
     for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
@@ -151,7 +151,7 @@ class Sources:
     def _lesion(self, labels: np.ndarray) -> np.ndarray:
         """The chosen labels of a label map as uint8 {0, 1}."""
         from synthbrain.io.dataset import lesion_mask_from_labels
-        from synthbrain.phantom_run import label_names
+        from synthbrain.phantom.lesions import label_names
 
         names = label_names(self.lesion)
         return lesion_mask_from_labels(labels, self.labels, names).astype(np.uint8)

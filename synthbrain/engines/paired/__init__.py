@@ -1,8 +1,9 @@
 """Paired lesion–brain diffusion (USB, METHODS.md §2): the `paired` engine package.
 
 `model` is the model bundle and its losses (no files), `guidance` the samplers and guidance hooks,
-`train` the two-stage training, `run` / `generate` / `entry` the file-level commands, `scan` and
-`edit` the scan ↔ model-grid mapping, `wavelet` the training-free Haar representation.
+`training` the two-stage training, `run` the shared run pieces (weights, decode, substrate),
+`generation` the generate command, `scan` the heal / implant command, `edit` the edit regions,
+`entry` the weights.toml entry of a training run, `wavelet` the training-free Haar representation.
 The functions below are what `synthbrain.engines.load("paired")` hands the api; they import the
 command modules lazily, and nothing in the package imports this module back.
 """
@@ -29,24 +30,24 @@ def train(**options: Any) -> dict[str, Any]:
 
 
 def generate(**options: Any) -> dict[str, Any]:
-    """`synthbrain generate` with the paired engine (see `paired.run.generate`)."""
-    from synthbrain.engines.paired.run import generate as run
+    """`synthbrain generate` with the paired engine (see `paired.generation.generate`)."""
+    from synthbrain.engines.paired.generation import generate as run
 
     return run(**options)
 
 
 def heal(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`synthbrain heal` with the paired engine (see `paired.run.heal`)."""
-    from synthbrain.engines.paired.run import heal as run
+    """`synthbrain heal`: the healthy counterpart of `inputs.scan` (see `paired.scan.run_edit`)."""
+    from synthbrain.engines.paired.scan import run_edit
 
-    return run(inputs, **options)
+    return run_edit("heal", inputs, **options)
 
 
 def implant(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`synthbrain implant` with the paired engine (see `paired.run.implant`)."""
-    from synthbrain.engines.paired.run import implant as run
+    """`synthbrain implant`: `inputs.scan` with the lesion of `inputs.mask` (see `run_edit`)."""
+    from synthbrain.engines.paired.scan import run_edit
 
-    return run(inputs, **options)
+    return run_edit("implant", inputs, **options)
 
 
 __all__ = [

@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from synthbrain.io.outputs import sha256_file
 
 if TYPE_CHECKING:
     from synthbrain.engines.paired.model import PairedModel
-    from synthbrain.engines.paired.training import PairedTrainConfig
 
 WEIGHTS_LICENCE = "Apache-2.0"
+
+
+class _Steps(Protocol):
+    steps: int
+
+
+class TrainSettings(Protocol):
+    """What an entry reads of `training.PairedTrainConfig` (typed here without importing the
+    training module, which imports this one)."""
+
+    diffusion: _Steps
 
 
 def weights_entry(
@@ -26,7 +36,7 @@ def weights_entry(
     data: Path,
     config_file: Path | None,
     counts: dict[str, int],
-    cfg: PairedTrainConfig,
+    cfg: TrainSettings,
 ) -> str:
     """A [[weights]] table for weights.toml (or a user registry) describing the file."""
     c = model.config

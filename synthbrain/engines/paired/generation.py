@@ -18,12 +18,14 @@ from synthbrain.engines.paired.guidance import (
     sample_joint,
 )
 from synthbrain.engines.paired.run import (
+    DEFAULT_STEPS,
     SEAM_VOXELS,
     Bundle,
     brain_tensor,
     composite,
     decode_images,
     healed_substrate,
+    load_bundle,
     soft_to_mask,
 )
 from synthbrain.errors import InputError
@@ -52,10 +54,10 @@ def sample_id(k: int) -> str:
 
 def load_mask_folder(folder: Path, bundle: Bundle) -> list[np.ndarray]:
     """Masks (MNI152 space, any grid) on the model grid, each checked against the brain."""
-    from synthbrain.engines.paired.edit import MIN_MASK_OVERLAP, template_arrays
     from synthbrain.io.geometry import resample_array
     from synthbrain.io.nifti import load_volume
     from synthbrain.io.validate import mask_brain_overlap
+    from synthbrain.spatial.template import MIN_MASK_OVERLAP, template_arrays
 
     files = sorted(p for p in Path(folder).iterdir() if p.name.endswith((".nii", ".nii.gz")))
     if not files:
@@ -81,7 +83,7 @@ MaskFor = Callable[[int, int], np.ndarray]  # (sample index k, sample seed) -> m
 
 def mask_provider(masks: Path | None, bundle: Bundle) -> tuple[MaskFor | None, str | None]:
     """How sample k gets its mask (None: the joint sampler draws it) and its manifest name."""
-    from synthbrain.edit_inputs import is_phantom_masks
+    from synthbrain.io.paths import is_phantom_masks
 
     if masks is None:
         return None, None
@@ -97,10 +99,10 @@ def phantom_mask(bundle: Bundle, seed: int) -> np.ndarray:
     The phantom subject's lesion sits in its own (warped MNI152) anatomy, so it lands near the
     same structures of the template; a draw that leaves the template brain is redrawn.
     """
-    from synthbrain.engines.paired.edit import template_arrays
     from synthbrain.io.geometry import resample_array
     from synthbrain.phantom import draw_subject, make_subject
     from synthbrain.phantom.lesions import LESION_KINDS
+    from synthbrain.spatial.template import template_arrays
 
     cfg = bundle.model.config
     if cfg.lesion not in LESION_KINDS:
@@ -262,7 +264,7 @@ def _write_all(bundle, writer, todo, batch_size, run, masks, seed, preview, repo
 
 def _grid_affine(bundle: Bundle) -> np.ndarray:
     """The model grid's affine (MNI152 space)."""
-    from synthbrain.engines.paired.edit import template_arrays
+    from synthbrain.spatial.template import template_arrays
 
     return template_arrays(bundle.model.config.spacing, bundle.model.config.grid)[2]
 
@@ -293,3 +295,66 @@ def _preview(writer: Any, sid: str, trip: Triplet, affine: np.ndarray) -> None:
     folder = Path(writer.out_dir) / "previews"
     folder.mkdir(parents=True, exist_ok=True)
     save_preview(folder / f"{sid}.png", trip.image[0], trip.mask, affine=affine, title=sid)
+
+
+def generate(
+    *,
+    out: Path,
+    n: int = 10,
+    lesion: str = "stroke",
+    weights: str | None = None,
+    batch_size: int = 1,
+    steps: int | None = None,
+    sampler: str = "ddim",
+    anatomy: Path | None = None,
+    masks: Path | None = None,
+    layout: str = "flat",
+    preview: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    spacing: str = "linspace",
+    precision: str | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Generate `n` triplets (image, mask, healthy substrate) and a manifest in `out`.
+
+    Args:
+        out: the run folder (`layout`: flat, bids or nnunet).
+        n, lesion, weights: how many, of which lesion type, with which weights (default: the
+            registered paired weights for `lesion`).
+        batch_size: samples drawn together (sample k's files do not depend on it).
+        steps, sampler, spacing: the reverse process (default 50 DDIM steps, linspace).
+        masks: a folder of lesion masks in MNI152 space: conditional generation (task b), sample
+            k uses mask k mod count; or "phantom": sample k's mask is a phantom lesion of the
+            model's type drawn from derive_seed(derive_seed(seed, k), 1).
+        preview: a tri-planar PNG per sample under previews/.
+        shard: "i/N" (or Slurm's array variables): only samples k with k % N == i.
+        seed: the run seed; sample k uses derive_seed(seed, k) alone.
+        overwrite, resume: what to do with a folder holding a previous run.
+        precision: "fp32" or "bf16" (default bf16 on CUDA).
+    """
+    if anatomy is not None:
+        raise InputError("--anatomy is for the deviation engine; the paired engine draws anatomy")
+    reporter = reporter or Reporter(quiet=True)
+    bundle = load_bundle(weights, lesion, device, precision)
+    run = SamplerSettings(sampler, steps or DEFAULT_STEPS, spacing, 0.0, bundle.precision)
+    return run_generate(
+        bundle, Path(out), n=n, batch_size=batch_size, run=run, masks=masks, layout=layout,
+        preview=preview, shard=_shard(shard), seed=seed, overwrite=overwrite, resume=resume,
+        reporter=reporter,
+    )  # fmt: skip
+
+
+def _shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """(index, count) from --shard or the Slurm array variables; (0, 1) without either."""
+    from synthbrain.rng import parse_shard, shard_from_env
+
+    if isinstance(shard, tuple):
+        return shard
+    if shard is not None:
+        return tuple(parse_shard(shard))  # type: ignore[return-value]
+    return tuple(shard_from_env() or (0, 1))  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""The paired engine's file-level commands: load weights, generate triplets, heal, implant.
+"""The paired engine's shared run pieces: load weights, decode, composite, the healed substrate.
 
 generate: sample k uses only derive_seed(run seed, k) (one generator per sample, noise drawn on
 the CPU), so shards and batch sizes give the same files; --resume skips samples whose files and
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +24,6 @@ from synthbrain.engines.paired.guidance import (
 )
 from synthbrain.engines.paired.model import PairedConfig, PairedModel
 from synthbrain.errors import InputError
-from synthbrain.progress import Reporter
 
 DEFAULT_STEPS = 50
 SUBSTRATE_T_START = 300
@@ -138,92 +136,7 @@ def healed_substrate(
 
 def brain_tensor(bundle: Bundle) -> torch.Tensor:
     """The template brain mask on the model grid, [1, 1, *grid]."""
-    from synthbrain.engines.paired.edit import template_arrays
+    from synthbrain.spatial.template import template_arrays
 
     brain = template_arrays(bundle.model.config.spacing, bundle.model.config.grid)[1]
     return torch.from_numpy(np.array(brain, np.float32))[None, None].to(bundle.device)
-
-
-# ---------------------------------------------------------------------- generate
-
-
-def generate(
-    *,
-    out: Path,
-    n: int = 10,
-    lesion: str = "stroke",
-    weights: str | None = None,
-    batch_size: int = 1,
-    steps: int | None = None,
-    sampler: str = "ddim",
-    anatomy: Path | None = None,
-    masks: Path | None = None,
-    layout: str = "flat",
-    preview: bool = False,
-    shard: str | tuple[int, int] | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    overwrite: bool = False,
-    resume: bool = False,
-    reporter: Reporter | None = None,
-    spacing: str = "linspace",
-    precision: str | None = None,
-    **_: Any,
-) -> dict[str, Any]:
-    """Generate `n` triplets (image, mask, healthy substrate) and a manifest in `out`.
-
-    Args:
-        out: the run folder (`layout`: flat, bids or nnunet).
-        n, lesion, weights: how many, of which lesion type, with which weights (default: the
-            registered paired weights for `lesion`).
-        batch_size: samples drawn together (sample k's files do not depend on it).
-        steps, sampler, spacing: the reverse process (default 50 DDIM steps, linspace).
-        masks: a folder of lesion masks in MNI152 space: conditional generation (task b), sample
-            k uses mask k mod count; or "phantom": sample k's mask is a phantom lesion of the
-            model's type drawn from derive_seed(derive_seed(seed, k), 1).
-        preview: a tri-planar PNG per sample under previews/.
-        shard: "i/N" (or Slurm's array variables): only samples k with k % N == i.
-        seed: the run seed; sample k uses derive_seed(seed, k) alone.
-        overwrite, resume: what to do with a folder holding a previous run.
-        precision: "fp32" or "bf16" (default bf16 on CUDA).
-    """
-    from synthbrain.engines.paired.generation import run_generate
-
-    if anatomy is not None:
-        raise InputError("--anatomy is for the deviation engine; the paired engine draws anatomy")
-    reporter = reporter or Reporter(quiet=True)
-    bundle = load_bundle(weights, lesion, device, precision)
-    run = SamplerSettings(sampler, steps or DEFAULT_STEPS, spacing, 0.0, bundle.precision)
-    return run_generate(
-        bundle, Path(out), n=n, batch_size=batch_size, run=run, masks=masks, layout=layout,
-        preview=preview, shard=_shard(shard), seed=seed, overwrite=overwrite, resume=resume,
-        reporter=reporter,
-    )  # fmt: skip
-
-
-def _shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
-    """(index, count) from --shard or the Slurm array variables; (0, 1) without either."""
-    from synthbrain.rng import parse_shard, shard_from_env
-
-    if isinstance(shard, tuple):
-        return shard
-    if shard is not None:
-        return tuple(parse_shard(shard))  # type: ignore[return-value]
-    return tuple(shard_from_env() or (0, 1))  # type: ignore[return-value]
-
-
-# ---------------------------------------------------------------------- heal / implant
-
-
-def heal(inputs: Any, **options: Any) -> dict[str, Any]:
-    """The healthy counterpart of `inputs.scan` on its own grid (see `paired_scan.run_edit`)."""
-    from synthbrain.engines.paired.scan import run_edit
-
-    return run_edit("heal", inputs, **options)
-
-
-def implant(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`inputs.scan` with the lesion of `inputs.mask` implanted (see `paired_scan.run_edit`)."""
-    from synthbrain.engines.paired.scan import run_edit
-
-    return run_edit("implant", inputs, **options)

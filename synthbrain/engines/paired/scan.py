@@ -15,14 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthbrain.engines.paired.edit import (
-    ScanOnGrid,
-    anomaly_core,
-    back_to_scan,
-    blend_weight,
-    mask_to_grid,
-    scan_to_grid,
-)
+from synthbrain.engines.paired.edit import anomaly_core, back_to_scan, blend_weight
 from synthbrain.engines.paired.guidance import ACGSettings, SamplerSettings, autocast_for, edit
 from synthbrain.engines.paired.run import (
     DEFAULT_STEPS,
@@ -33,6 +26,7 @@ from synthbrain.engines.paired.run import (
 )
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
+from synthbrain.spatial.template import ScanOnGrid, mask_to_grid, scan_to_grid
 
 T_START = {"heal": 300, "implant": 500}
 # A heal without a mask edits one blob whose change stands out by this robust z (anomaly_core);
