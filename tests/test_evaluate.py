@@ -81,28 +81,36 @@ def test_same_set_against_itself_is_identical(folders, tmp_path):
     assert s["intensity"]["t1"]["contrast"]["ratio"] == pytest.approx(1.0)
 
 
-def test_consistency_catches_a_changed_substrate(tmp_path):
+def _edit_volume(run, index: int, key: str, voxel: tuple, value: float) -> None:
+    """Change one voxel of a sample's file and re-hash it, so the manifest stays valid and
+    only the consistency checks can notice."""
     import nibabel as nib
 
-    from synthbrain.evaluation import evaluate
     from synthbrain.io.outputs import read_manifest, sha256_file
 
-    synth = write_run(tmp_path / "synth", 4, seed=3)
-    # Break case001: the image differs from its substrate far from the lesion; keep the
-    # manifest valid (re-hash) so only the consistency check can notice.
-    record = read_manifest(synth / "manifest.jsonl")[1]
-    path = synth / record["files"]["image"]
+    record = read_manifest(run / "manifest.jsonl")[index]
+    path = run / record["files"][key]
     img = nib.load(path)
     data = np.asarray(img.dataobj).copy()
-    data[0, 0, 0] = 0.9
+    data[voxel] = value
     nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
-    lines = (synth / "manifest.jsonl").read_text().replace(record["sha256"]["image"],
-                                                           sha256_file(path))  # fmt: skip
-    (synth / "manifest.jsonl").write_text(lines)
+    text = (run / "manifest.jsonl").read_text()
+    (run / "manifest.jsonl").write_text(text.replace(record["sha256"][key], sha256_file(path)))
+
+
+def test_consistency_catches_broken_triplets(tmp_path):
+    from synthbrain.evaluation import evaluate
+
+    synth = write_run(tmp_path / "synth", 4, seed=3)
+    _edit_volume(synth, 1, "image", (0, 0, 0), 0.9)  # image != healthy far from the lesion
+    _edit_volume(synth, 2, "mask", (0, 0, 23), 1)  # a lesion voxel in a corner, off the brain
     c = evaluate(synth, str(synth), tmp_path / "r", bootstrap=20)["consistency"]
-    assert c["n"] == 4 and c["all_ok"] == 3 and c["healthy_outside_seam_exact"] == 3
-    assert c["failures"][0]["id"] == "case001"
-    assert c["failures"][0]["changed_voxels_outside_seam"] == 1
+    assert c["n"] == 4 and c["all_ok"] == 2
+    assert c["healthy_outside_seam_exact"] == 3 and c["mask_inside_brain"] == 3
+    fails = {f["id"]: f for f in c["failures"]}
+    assert fails["case001"]["changed_voxels_outside_seam"] == 1
+    assert fails["case002"]["mask_voxels_outside_brain"] == 1
+    assert "1 mask voxels outside the brain" in (tmp_path / "r" / "index.html").read_text()
 
 
 def test_gallery_picks_best_median_worst(report):

@@ -43,11 +43,17 @@ class Case:
         return tuple(self.mask.shape)
 
     def brain_mask(self) -> np.ndarray:
-        """The known brain mask, else the voxels where any image (or substrate) is non-zero."""
-        if self.brain is not None:
-            return self.brain
-        volumes = list((self.healthy or self.images).values())
-        return np.any([v != 0 for v in volumes], axis=0)
+        """The known brain mask, else the envelope of the non-zero voxels of the substrate (or
+        image): closed and hole-filled, because dark CSF inside the brain can be exactly 0 in a
+        skull-stripped T1 and a lesion reaching a sulcus is still inside the brain."""
+        if self.brain is None:
+            from scipy.ndimage import binary_closing, binary_fill_holes
+
+            volumes = list((self.healthy or self.images).values())
+            tissue = np.any([v != 0 for v in volumes], axis=0)
+            closed = binary_closing(tissue, np.ones((3, 3, 3), bool), iterations=2)
+            self.brain = binary_fill_holes(closed | tissue)
+        return self.brain
 
 
 @dataclass

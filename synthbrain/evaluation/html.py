@@ -65,6 +65,23 @@ def _realism(s: dict) -> str:
     return _table(["classifier", "AUC", "CI low", "CI high", "reference", "synthetic"], rows)
 
 
+def _why(check: dict) -> str:
+    """What a failing triplet got wrong, in words."""
+    reasons = []
+    if not check["geometry_identical"]:
+        reasons.append("files differ in shape or affine")
+    if not check["mask_binary"]:
+        reasons.append("mask is not binary")
+    if check["mask_voxels_outside_brain"]:
+        reasons.append(f"{check['mask_voxels_outside_brain']} mask voxels outside the brain")
+    if check["changed_voxels_outside_seam"]:
+        reasons.append(
+            f"{check['changed_voxels_outside_seam']} voxels differ from the healthy "
+            f"image outside the seam band (max {check['max_change_outside_seam']:.3g})"
+        )
+    return "; ".join(reasons)
+
+
 def _consistency(s: dict) -> str:
     c = s["consistency"]
     if not c.get("n"):
@@ -74,7 +91,7 @@ def _consistency(s: dict) -> str:
             ["mask inside the brain", c["mask_inside_brain"], c["n"]],
             ["image = healthy outside the seam band", c["healthy_outside_seam_exact"],
              c["with_healthy"]]]  # fmt: skip
-    fails = "".join(f"<li>{escape(f['id'])}: {escape(str(f))}</li>" for f in c["failures"])
+    fails = "".join(f"<li>{escape(f['id'])}: {escape(_why(f))}</li>" for f in c["failures"])
     return _table(["check", "passed", "of"], rows) + (f"<ul>{fails}</ul>" if fails else "")
 
 
