@@ -10,6 +10,8 @@ import numpy as np
 
 from synthbrain.evaluation.features import SetFeatures
 
+PCA_COMPONENTS = 20  # realism classifiers see the first 20 principal components of the features
+
 
 def _finite(value: float) -> float | None:
     """A float for JSON: None for nan / inf."""
@@ -81,7 +83,8 @@ def _auc(real: list[np.ndarray], fake: list[np.ndarray], bootstrap: int, seed: i
     if min(len(real), len(fake)) < 2:
         return {"auc": None, "ci": None, "n": [len(real), len(fake)],
                 "note": "fewer than 2 cases on a side"}, None  # fmt: skip
-    res = realism_auc(np.stack(real), np.stack(fake), bootstrap=bootstrap, seed=seed)
+    res = realism_auc(np.stack(real), np.stack(fake), bootstrap=bootstrap, seed=seed,
+                      components=PCA_COMPONENTS)  # fmt: skip
     return {"auc": res.auc, "ci": [res.ci_low, res.ci_high], "n": [res.n_real, res.n_fake]}, \
         res.fake_scores  # fmt: skip
 
