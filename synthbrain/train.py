@@ -10,9 +10,9 @@ An engine is an `nn.Module` with
   can train part of the model with the rest frozen.
 
 `fit` trains it with AdamW, linear warm-up + cosine decay, EMA weights, gradient clipping, bf16
-autocast on CUDA, atomic checkpoints that resume bit for bit, and DistributedDataParallel when
-started by torchrun. The engine need not define forward(): the loop routes DDP's forward to
-training_step itself. See docs/training.md.
+autocast (CUDA, and CPUs with native bf16), atomic checkpoints that resume bit for bit, and
+DistributedDataParallel when started by torchrun. The engine need not define forward(): the
+loop routes DDP's forward to training_step itself. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from synthbrain.training.ddp import (
     launch_local,
 )
 from synthbrain.training.loop import train_loop
+from synthbrain.training.options import current as current_command
 from synthbrain.training.resume import export_ema, restore_run
 from synthbrain.training.run import Run, new_run, only_trainable
 from synthbrain.training.sampler import ResumableSampler
@@ -144,6 +145,9 @@ def fit(
         SynthbrainError: the loss became NaN or infinite.
     """
     config = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    command = current_command()
+    if command.precision is not None:  # `synthbrain train --precision` wins over the config
+        config = config.model_copy(update={"precision": command.precision, "amp": None})
     if not re.fullmatch(r"[A-Za-z0-9_-]+", stage):
         raise InputError(f"stage name {stage!r} must be letters, digits, '-' or '_'")
     check_dataset(train_set, "training set")
@@ -200,6 +204,7 @@ def _fit_stage(
         "exported": chosen,
         "seconds": run.seconds(),
         "device": str(device),
+        "precision": run.precision,
         "world_size": ctx.world_size,
     }
 

@@ -37,7 +37,11 @@ class TrainConfig(BaseModel):
         export: which EMA weights become <stage>.safetensors when `select_by` is set: "best"
             (checkpoints/best.safetensors) or "last".
         seed: the seed of data order, noise and dropout.
-        amp: bf16 autocast on CUDA (no effect on CPU).
+        precision: "auto" (bf16 autocast where the device computes bf16 natively: Ampere+
+            GPUs, CPUs with AVX512-BF16/AMX; fp32 elsewhere), "fp32", or "bf16" (an error on a
+            device without it). Losses, gradients, optimiser state and EMA stay float32.
+        amp: the old switch, kept so old configs load: false means precision "fp32"; true
+            (the old default) leaves `precision` as it is.
         num_workers: DataLoader worker processes reading the data.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         find_unused_parameters: passed to DistributedDataParallel; only needed when a trainable
@@ -63,7 +67,8 @@ class TrainConfig(BaseModel):
     higher_is_better: bool | None = None
     export: Literal["best", "last"] = "best"
     seed: int = Field(default=0, ge=0)
-    amp: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    amp: bool | None = None
     num_workers: int = Field(default=2, ge=0)
     device: str = "auto"
     find_unused_parameters: bool = False
@@ -77,6 +82,15 @@ class TrainConfig(BaseModel):
                     f"select_by = {self.select_by!r} needs higher_is_better = true or false"
                 )
             self.higher_is_better = False
+        return self
+
+    @model_validator(mode="after")
+    def _legacy_amp(self) -> TrainConfig:
+        """amp = false of older configs is precision = "fp32"."""
+        if self.amp is False:
+            if self.precision == "bf16":
+                raise ValueError('amp = false contradicts precision = "bf16" (drop amp)')
+            self.precision = "fp32"
         return self
 
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from synthbrain.errors import SynthbrainError
 from synthbrain.training.best import best_path
 from synthbrain.training.data import to_device, train_loader, val_loader
+from synthbrain.training.precision import autocast
 from synthbrain.training.reporting import Reporter, choose_mode, scalar_values
 from synthbrain.training.resume import export_ema, save_run
 from synthbrain.training.run import Run
@@ -59,7 +60,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
     # (seed, step, rank) alone, so a resumed run redraws exactly what the original drew.
     generator = make_generator(derive_seed("noise", cfg.seed, run.step, rank), run.device)
     with seeded_global_rng(run.device, derive_seed("global", cfg.seed, run.step, rank)):
-        with autocast(run.amp):
+        with autocast(run.device, run.precision):
             out = run.model(batch, generator)
         loss = loss_of(out, run.engine)
         run.optimizer.zero_grad(set_to_none=True)
@@ -122,7 +123,7 @@ def _validation_sums(run: Run, loader: DataLoader) -> tuple[dict[str, float], di
             # The same noise at every validation, so successive values are comparable.
             generator = make_generator(derive_seed("val-noise", cfg.val_seed, index), run.device)
             rng_seed = derive_seed("val-global", cfg.val_seed, index)
-            with seeded_global_rng(run.device, rng_seed), autocast(run.amp):
+            with seeded_global_rng(run.device, rng_seed), autocast(run.device, run.precision):
                 out = step_fn(to_device(batch, run.device), generator)
             for key, value in scalar_values(out).items():
                 value = float(value)
@@ -146,17 +147,10 @@ def seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
-def autocast(enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled, else nothing."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
-
-
 def loss_of(out: Any, engine: nn.Module) -> torch.Tensor:
     """The scalar "loss" of a training_step result, or a TypeError naming the engine."""
     loss = out.get("loss") if isinstance(out, dict) else None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         name = type(engine).__name__
         raise TypeError(f"{name}.training_step must return a dict with a scalar tensor 'loss'")
-    return loss.reshape(())
+    return loss.reshape(()).float()  # the loss is float32 whatever autocast did

@@ -45,6 +45,7 @@ def save_run(run: Run, path: Path, n_train: int) -> None:
         "losses": run.losses,
         "val": run.val,
         "best": run.best.state_dict(),
+        "precision": run.precision,
     }
     save_checkpoint(path, payload)
 
@@ -104,9 +105,20 @@ def _warn_changed(run: Run, payload: dict[str, Any], path: Path) -> None:
     changed = [k for k in keys if saved.get(k) != getattr(run.config, k)]
     if payload["world_size"] != run.ctx.world_size:
         changed.append("world_size")
+    if _saved_precision(payload, run) != run.precision:
+        changed.append(f"precision ({_saved_precision(payload, run)} → {run.precision})")
     if changed and run.ctx.is_main:
         warnings.warn(
             f"{path}: resuming with a different {', '.join(changed)}: the run will not match "
             "an uninterrupted one",
             stacklevel=3,
         )
+
+
+def _saved_precision(payload: dict[str, Any], run: Run) -> str:
+    """The precision the checkpointed run trained in (older checkpoints: bf16 only for amp
+    on CUDA)."""
+    if "precision" in payload:
+        return str(payload["precision"])
+    legacy = payload["config"].get("amp", True) and run.device.type == "cuda"
+    return "bf16" if legacy else "fp32"

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from synthbrain.training.best import Best
 from synthbrain.training.config import TrainConfig
 from synthbrain.training.ddp import DistContext
 from synthbrain.training.ema import EMA
+from synthbrain.training.precision import resolve_precision
 from synthbrain.training.reporting import Meter, MetricsLog
 from synthbrain.training.schedule import make_scheduler
 
@@ -57,11 +56,7 @@ class Run:
     val: dict[str, float] = field(default_factory=dict)
     best: Best = field(default_factory=lambda: Best(None))
     metadata: dict[str, Any] = field(default_factory=dict)  # stored in exported weights
-
-    @property
-    def amp(self) -> bool:
-        """bf16 autocast is on (CUDA only)."""
-        return self.config.amp and self.device.type == "cuda" and _bf16_ok(self.device)
+    precision: str = "fp32"  # resolved: "fp32" or "bf16" (autocast of the forward pass)
 
     def seconds(self) -> float:
         """Training wall time of this stage, summed over resumed runs."""
@@ -102,6 +97,7 @@ def new_run(
         ema=EMA(engine, names, config.ema_decay, config.ema_warmup),
         log=MetricsLog(out_dir / "metrics.jsonl", stage, ctx.is_main),
         best=Best(config.select_by, bool(config.higher_is_better)),
+        precision=resolve_precision(config.precision, device),
     )
 
 
@@ -135,15 +131,3 @@ def only_trainable(engine: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in before:
             p.requires_grad_(flag)
-
-
-@functools.cache
-def _bf16_ok(device: torch.device) -> bool:
-    """The GPU runs bf16 autocast (Ampere or newer); warns once when it does not."""
-    with torch.cuda.device(device):
-        ok = torch.cuda.is_bf16_supported(including_emulation=False)
-    if not ok:
-        warnings.warn(
-            f"{device} has no bf16 support: amp is off, training in float32", stacklevel=2
-        )
-    return ok
