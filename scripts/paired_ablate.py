@@ -281,6 +281,28 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+@torch.no_grad()
+def cmd_heal(args: argparse.Namespace) -> dict[str, Any]:
+    """eval_paired's heal without a mask (and the unedited input) on the same held-out subjects,
+    for several weights files: the cheap part of the held-out table, side by side."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_paired import heal_metrics, reference_metrics
+
+    from synthbrain.engines.paired.guidance import SamplerSettings
+    from synthbrain.engines.paired.run import load_bundle
+
+    subjects = held_out(args.n)
+    out = {}
+    for weights in args.weights:
+        bundle = load_bundle(weights, "stroke", device="cpu")
+        run = SamplerSettings("ddim", 50, "linspace", 0.0, bundle.precision)
+        out[weights] = {"reference": reference_metrics(bundle, subjects),
+                        "heal": heal_metrics(bundle, subjects, run, with_mask=False)}  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -307,12 +329,14 @@ def main() -> None:
     p.add_argument("--n-joint", type=int, default=20)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=1000)
+    p = sub.add_parser("heal")
+    p.add_argument("--weights", nargs="+", required=True)
+    p.add_argument("--n", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = {"floor": cmd_floor, "cost": cmd_cost, "train": cmd_train, "probe": cmd_probe}[
-        args.cmd
-    ](args)
+    commands = {"floor": cmd_floor, "cost": cmd_cost, "train": cmd_train, "probe": cmd_probe}
+    result = {**commands, "heal": cmd_heal}[args.cmd](args)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
