@@ -186,24 +186,51 @@ def train(
     device: str = "auto",
     seed: int = 0,
     reporter: Reporter | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    max_time: str | float | None = None,
 ) -> dict[str, Any]:
-    """Fit an engine on an HDF5 set written by `preprocess` (or `phantom --hdf5`)."""
+    """Fit an engine on an HDF5 set written by `preprocess` (or `phantom --hdf5`).
+
+    precision ("auto", "fp32", "bf16") overrides every stage's config; threads (default: the
+    cores this process may use) sets torch's intra-op threads; max_time ("2h45m", "90m",
+    seconds) limits the whole command. A run stopped by max_time, SIGTERM or SIGUSR1 returns
+    {"stopped": reason, ...} with its checkpoint written: run it again with resume=True.
+    The summary's "training" holds the wall time and each stage's samples/s.
+    """
+    from synthbrain.training.config import resolve_device
+    from synthbrain.training.options import command_options, parse_duration
+    from synthbrain.training.precision import resolve_precision, set_threads
+    from synthbrain.training.stopping import TrainingStopped, catch_stop_signals
+
     engines.check_name(engine)
     if not Path(data).is_file():
         raise InputError("training set not found", data)
     check_writable(out, folder=True, what="run folder")
+    seconds = None if max_time is None else parse_duration(max_time)
+    if precision is not None:  # a device without bf16 is refused before anything is written
+        resolve_precision(precision, resolve_device(device))
+    used_threads = set_threads(threads)
     module = engines.load(engine, command="train")
-    return module.train(
-        data=Path(data),
-        out=Path(out),
-        config_file=config_file,
-        steps=steps,
-        batch_size=batch_size,
-        resume=resume,
-        device=device,
-        seed=seed,
-        reporter=reporter or Reporter(quiet=True),
-    )
+    with command_options(precision, seconds) as options, catch_stop_signals():
+        try:
+            summary = module.train(
+                data=Path(data), out=Path(out), config_file=config_file, steps=steps,
+                batch_size=batch_size, resume=resume, device=device, seed=seed,
+                reporter=reporter or Reporter(quiet=True),
+            )  # fmt: skip
+        except TrainingStopped as stop:
+            summary = {"engine": engine, "out": str(out), "stopped": stop.reason, **stop.summary}
+    wall = time.monotonic() - options.started
+    stages = _stage_rates(options.stages)
+    summary["training"] = {"wall_seconds": wall, "threads": used_threads, "stages": stages}
+    return summary
+
+
+def _stage_rates(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per trained stage: its name, updates done, precision, samples/s and seconds."""
+    keys = ("stage", "step", "steps", "precision", "samples_per_s", "seconds", "stopped")
+    return [{k: stage[k] for k in keys if k in stage} for stage in stages]
 
 
 def generate(*, out: Path, engine: str | None = None, **options: Any) -> dict[str, Any]:

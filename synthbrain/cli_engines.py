@@ -98,15 +98,40 @@ def train(
     quiet: Quiet = False,
     json_: Json = False,
     progress: Progress = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | fp32 | bf16 (default: the config's, auto: bf16 where native).",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads (default: the cores this process may use).", show_default=False
+        ),
+    ] = None,
+    max_time: Annotated[
+        str | None,
+        typer.Option(
+            help="Stop cleanly before this much time (2h45m, 90m, 02:45:00), "
+            "checkpoint written, exit 0; SIGTERM/SIGUSR1 do the same.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Fit an engine on an HDF5 set; one GPU or many (torchrun), resumable.
 
-    Example: synthbrain train --engine deviation --data brats.h5 --out runs/dev
+    Example: synthbrain train --engine deviation --data brats.h5 --out runs/dev --max-time 2h45m
     """
     from synthbrain import api
 
+    given = {k: v for k, v in locals().items() if k not in ("quiet", "json_", "progress")}
     report = _reporter(quiet, json_, progress)
     summary = api.train(
+        precision=precision,
+        threads=threads,
+        max_time=max_time,
         engine=engine,
         data=data,
         out=out,
@@ -120,8 +145,28 @@ def train(
     )
     from synthbrain.train import is_main_process
 
-    if is_main_process():  # under torchrun every rank returns; rank 0 alone reports
-        report.summary(summary)
+    if not is_main_process():  # under torchrun every rank returns; rank 0 alone reports
+        return
+    if summary.get("stopped"):
+        summary["resume_command"] = _resume_command(given)
+        typer.echo(f"stopped at step {summary.get('step')}/{summary.get('steps')} of stage "
+                    f"{summary.get('stage')} ({summary['stopped']}): checkpoint and weights "
+                    f"written; resume with: {summary['resume_command']}", err=True)  # fmt: skip
+    report.summary(summary)
+
+
+def _resume_command(given: dict[str, Any]) -> str:
+    """The train command line of these options with --resume (what continues a stopped run)."""
+    import shlex
+
+    args = ["synthbrain", "train"]
+    for name, value in given.items():
+        if value is None or name == "resume" or (name == "device" and value == "auto"):
+            continue
+        if name == "seed" and value == 0:
+            continue
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join([*args, "--resume"])
 
 
 # Options only some engines read: passed on only when given on the command line, so that

@@ -21,6 +21,7 @@ import contextlib
 import json
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,7 @@ from synthbrain.training.resume import export_ema, restore_run
 from synthbrain.training.run import Run, new_run, only_trainable
 from synthbrain.training.sampler import ResumableSampler
 from synthbrain.training.schedule import lr_factor
+from synthbrain.training.stopping import Stopper, TrainingStopped, catch_stop_signals
 
 __all__ = [
     "TrainConfig",
@@ -186,13 +188,36 @@ def _fit_stage(
             ckpt.unlink(missing_ok=True)  # a stale one would be resumed if this run dies early
         run.log.restart(resumed_from)
         run.metadata = options["metadata"]
-        train_loop(run, train_set, val_set, ckpt, options["progress"])
-        chosen = _export(run, weights, ckpt)
-        if options["load_ema"]:
+        with catch_stop_signals() as signals:
+            stopper = Stopper(_deadline(config), signals)
+            stopped = train_loop(run, train_set, val_set, ckpt, options["progress"], stopper)
+        chosen = _export(run, weights, ckpt, quiet=stopped is not None)
+        if options["load_ema"] and stopped is None:
             _load_exported(run, weights, chosen)
+    summary = _summary(run, ckpt, weights, resumed_from, chosen)
+    current_command().stages.append(summary)
+    if stopped is not None:
+        raise TrainingStopped(stopped, {**summary, "stopped": stopped})
+    return summary
+
+
+def _deadline(config: TrainConfig) -> float | None:
+    """When this stage must have stopped (time.monotonic()): the command's limit or the
+    config's max_time from now, whichever comes first (None: no limit)."""
+    limits = [current_command().deadline]
+    if config.max_time is not None:
+        limits.append(time.monotonic() + config.max_time)
+    found = [t for t in limits if t is not None]
+    return min(found) if found else None
+
+
+def _summary(
+    run: Run, ckpt: Path, weights: Path, resumed_from: int | None, chosen: str
+) -> dict[str, Any]:
+    """What fit returns about a stage."""
     return {
-        "stage": stage,
-        "steps": config.steps,
+        "stage": run.stage,
+        "steps": run.config.steps,
         "step": run.step,
         "resumed_from": resumed_from,
         "losses": dict(run.losses),
@@ -203,19 +228,19 @@ def _fit_stage(
         "best": run.best.summary(best_path(ckpt)),
         "exported": chosen,
         "seconds": run.seconds(),
-        "device": str(device),
+        "device": str(run.device),
         "precision": run.precision,
-        "world_size": ctx.world_size,
+        "world_size": run.ctx.world_size,
     }
 
 
-def _export(run: Run, weights: Path, ckpt: Path) -> str:
+def _export(run: Run, weights: Path, ckpt: Path, *, quiet: bool = False) -> str:
     """Write <stage>.safetensors: the best EMA weights when the config selects by a metric
     (the last ones then go to checkpoints/last.safetensors), else the last. Returns which."""
     best = best_path(ckpt)
     want_best = run.best.metric is not None and run.config.export == "best"
     if want_best and (run.best.step is None or not best.exists()):
-        if run.ctx.is_main:
+        if run.ctx.is_main and not quiet:  # a stopped run may simply not have validated yet
             warnings.warn(f"no validation chose a best by {run.best.metric}: exporting the last "
                           "EMA weights", stacklevel=3)  # fmt: skip
         want_best = False

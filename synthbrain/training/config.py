@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from synthbrain.errors import InputError
+from synthbrain.training.options import parse_duration
 
 
 class TrainConfig(BaseModel):
@@ -42,6 +43,9 @@ class TrainConfig(BaseModel):
             device without it). Losses, gradients, optimiser state and EMA stay float32.
         amp: the old switch, kept so old configs load: false means precision "fp32"; true
             (the old default) leaves `precision` as it is.
+        max_time: stop this stage cleanly (checkpoint and weights written) once it has run
+            this long in this process: seconds, or a string such as "2h45m", "90m" or Slurm's
+            "02:45:00". `synthbrain train --max-time` limits the whole command instead.
         num_workers: DataLoader worker processes reading the data.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         find_unused_parameters: passed to DistributedDataParallel; only needed when a trainable
@@ -69,9 +73,21 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     amp: bool | None = None
+    max_time: float | None = None
     num_workers: int = Field(default=2, ge=0)
     device: str = "auto"
     find_unused_parameters: bool = False
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float | None:
+        """"2h45m", "90m", "02:45:00" or seconds → seconds."""
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)  # type: ignore[arg-type]
+        except InputError as err:
+            raise ValueError(str(err)) from None
 
     @model_validator(mode="after")
     def _direction(self) -> TrainConfig:

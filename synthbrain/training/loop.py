@@ -20,19 +20,28 @@ from synthbrain.training.reporting import Reporter, choose_mode, scalar_values
 from synthbrain.training.resume import export_ema, save_run
 from synthbrain.training.run import Run
 from synthbrain.training.sampler import derive_seed, make_generator
+from synthbrain.training.stopping import Stopper, StopSignals, agree
 
 
 def train_loop(
-    run: Run, train_set: Dataset, val_set: Dataset | None, ckpt: Path, progress: bool
-) -> None:
+    run: Run,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    ckpt: Path,
+    progress: bool,
+    stopper: Stopper | None = None,
+) -> str | None:
     """Train from run.step to config.steps, logging, validating and checkpointing on the way.
 
     Logging, validation and checkpoints fall on multiples of their intervals and on the last
-    update, so a resumed run does them at the same steps as an uninterrupted one.
+    update, so a resumed run does them at the same steps as an uninterrupted one. When the
+    stopper says so (time limit, SIGTERM, SIGUSR1) the loop writes the checkpoint at that
+    update boundary and returns the reason; it returns None when the stage is complete.
     """
     cfg = run.config
     if run.step >= cfg.steps:
-        return
+        return None
+    stopper = stopper or Stopper(None, StopSignals())
     loader = train_loader(train_set, cfg, run.ctx, run.device, run.step)
     val = val_loader(val_set, cfg, run.device) if run.ctx.is_main else None
     display_every = min(cfg.log_every, 10)  # a bar refresh costs a device sync
@@ -40,17 +49,42 @@ def train_loop(
     with Reporter(run.stage, cfg.steps, run.step, choose_mode(progress, run.ctx.is_main)) as rep:
         batches = iter(loader)
         while run.step < cfg.steps:
-            loss = train_step(run, to_device(next(batches), run.device))
-            last = run.step == cfg.steps
-            if rep.mode == "bar" and (run.step % display_every == 0 or last):
+            with stopper.timed("update"):
+                loss = train_step(run, to_device(next(batches), run.device))
+            due = _due(run, val is not None)
+            if rep.mode == "bar" and (run.step % display_every == 0 or due["last"]):
                 rep.show(run.step, loss.item(), run.lr)
-            if run.step % cfg.log_every == 0 or last:
+            if due["log"]:
                 log_train(run, rep)
-            if val is not None and (run.step % cfg.val_every == 0 or last):
-                validate(run, val, rep, best_path(ckpt))
-            if run.step % cfg.checkpoint_every == 0 or last:
-                save_run(run, ckpt, len(train_set))
+            if due["val"]:
+                with stopper.timed("val"):
+                    validate(run, val, rep, best_path(ckpt))
+            if due["save"]:
+                with stopper.timed("save"):
+                    save_run(run, ckpt, len(train_set))
+            if not due["last"]:
+                following = _due(run, val is not None, ahead=1)
+                reason = stopper.reason(following["val"], following["save"])
+                reason = agree(reason, run.ctx.distributed, run.device)
+                if reason is not None:
+                    if not due["save"]:
+                        save_run(run, ckpt, len(train_set))
+                    rep.stopped(run.step, reason)
+                    return reason
         del batches  # stops the DataLoader workers
+    return None
+
+
+def _due(run: Run, validates: bool, ahead: int = 0) -> dict[str, bool]:
+    """What falls on the update `ahead` updates after run.step: log, val, save, last."""
+    cfg, step = run.config, run.step + ahead
+    last = step == cfg.steps
+    return {
+        "last": last,
+        "log": step % cfg.log_every == 0 or last,
+        "val": validates and (step % cfg.val_every == 0 or last),
+        "save": step % cfg.checkpoint_every == 0 or last,
+    }
 
 
 def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:

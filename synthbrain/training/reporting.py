@@ -170,6 +170,16 @@ class Reporter:
             info = f"loss {loss:.4g}  lr {lr:.2e}  {self.rate(step):.2f} it/s"
             self._progress.update(self._task, completed=step, info=info)
 
+    def stopped(self, step: int, reason: str) -> None:
+        """Say that the stage stopped early, and why."""
+        if self.mode == "off":
+            return
+        line = f"[{self.stage}] stopped at step {step}/{self.total} ({reason}): checkpoint written"
+        if self._progress is not None:
+            self._progress.console.print(line, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
     def log(self, record: dict[str, Any]) -> None:
         """Print a metrics record as one line (above the bar in bar mode)."""
         if self.mode == "off":
