@@ -231,6 +231,7 @@ def _summary(
         "device": str(run.device),
         "precision": run.precision,
         "world_size": run.ctx.world_size,
+        **(run.speed.overall(run.step) if run.speed else {}),
     }
 
 

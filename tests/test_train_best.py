@@ -108,3 +108,23 @@ def test_bad_selection_settings(tmp_path: Path) -> None:
         summary = fit(TinyEngine(), TensorDictDataset(8), None, config(steps=5,
                       select_by="val_loss"), tmp_path / "b", progress=False)  # fmt: skip
     assert summary["exported"] == "last" and summary["best"]["weights"] is None
+
+
+def test_speed_is_logged_and_curves_drawn(tmp_path: Path) -> None:
+    from synthbrain.training.curves import read_curves
+
+    summary = fit(ScoredEngine([1.0, 2.0]), TensorDictDataset(16), TensorDictDataset(8, seed=1),
+                  config(steps=20, val_every=10), tmp_path, progress=False)  # fmt: skip
+    train = [r for r in metrics(tmp_path, drop_seconds=False) if r["kind"] == "train"]
+    assert all(r["samples_per_s"] > 0 and r["data_wait_s"] >= 0 for r in train)
+    assert summary["samples_per_s"] > 0
+    png = tmp_path / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = read_curves(tmp_path / "metrics.jsonl")["main"]
+    assert set(curves["val"]) == {"val_loss", "val_score", "val_dice"}
+    assert [s for s, _ in curves["val"]["val_score"]] == [10, 20]
+    assert {"loss", "mse"} <= set(curves["train"]) and "samples_per_s" not in curves["train"]
+    png.unlink()
+    fit(TinyEngine(), TensorDictDataset(8), TensorDictDataset(8), config(steps=10, curves=False),
+        tmp_path / "off", progress=False)  # fmt: skip
+    assert not (tmp_path / "off" / "curves.png").exists()

@@ -166,6 +166,9 @@ def test_cli_max_time_prints_resume_and_bad_options(tmp_path: Path, capsys, monk
     code, summary, _ = cli([*base, "--out", str(tmp_path / "run"), "--resume"], capsys)
     torch.set_num_threads(before)
     assert code == 0 and summary["step"] == 3 and "stopped" not in summary
+    (stage,) = summary["training"]["stages"]
+    assert stage["stage"] == "main" and stage["samples_per_s"] > 0 and stage["precision"] == "fp32"
+    assert (tmp_path / "run" / "curves.png").is_file()
 
     monkeypatch.setattr("synthbrain.training.precision.cpu_has_native_bf16", lambda: False)
     for extra, message in ((["--max-time", "2hours"], "cannot read max time"),

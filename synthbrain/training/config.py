@@ -46,6 +46,8 @@ class TrainConfig(BaseModel):
         max_time: stop this stage cleanly (checkpoint and weights written) once it has run
             this long in this process: seconds, or a string such as "2h45m", "90m" or Slurm's
             "02:45:00". `synthbrain train --max-time` limits the whole command instead.
+        curves: draw curves.png (losses and validation metrics against updates) in the run
+            folder at every validation.
         num_workers: DataLoader worker processes reading the data.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         find_unused_parameters: passed to DistributedDataParallel; only needed when a trainable
@@ -74,6 +76,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     amp: bool | None = None
     max_time: float | None = None
+    curves: bool = True
     num_workers: int = Field(default=2, ge=0)
     device: str = "auto"
     find_unused_parameters: bool = False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from synthbrain.errors import SynthbrainError
 from synthbrain.training.best import best_path
+from synthbrain.training.curves import write_curves
 from synthbrain.training.data import to_device, train_loader, val_loader
 from synthbrain.training.precision import autocast
-from synthbrain.training.reporting import Reporter, choose_mode, scalar_values
+from synthbrain.training.reporting import Reporter, Throughput, choose_mode, scalar_values
 from synthbrain.training.resume import export_ema, save_run
 from synthbrain.training.run import Run
 from synthbrain.training.sampler import derive_seed, make_generator
@@ -46,14 +49,19 @@ def train_loop(
     val = val_loader(val_set, cfg, run.device) if run.ctx.is_main else None
     display_every = min(cfg.log_every, 10)  # a bar refresh costs a device sync
     run.engine.train()
+    per_update = cfg.batch_size * run.ctx.world_size
+    run.speed = Throughput(run.step, per_update)
     with Reporter(run.stage, cfg.steps, run.step, choose_mode(progress, run.ctx.is_main)) as rep:
         batches = iter(loader)
         while run.step < cfg.steps:
             with stopper.timed("update"):
-                loss = train_step(run, to_device(next(batches), run.device))
+                asked = time.perf_counter()
+                batch = next(batches)
+                run.speed.waited(time.perf_counter() - asked)
+                loss = train_step(run, to_device(batch, run.device))
             due = _due(run, val is not None)
             if rep.mode == "bar" and (run.step % display_every == 0 or due["last"]):
-                rep.show(run.step, loss.item(), run.lr)
+                rep.show(run.step, loss.item(), run.lr, per_update)
             if due["log"]:
                 log_train(run, rep)
             if due["val"]:
@@ -123,6 +131,8 @@ def log_train(run: Run, rep: Reporter) -> None:
         )
     run.losses = {k: v for k, v in means.items() if k != "grad_norm"}
     record = {"stage": run.stage, "step": run.step, "kind": "train", **means, "lr": run.lr}
+    if run.speed is not None:
+        record.update(run.speed.window(run.step))
     record["seconds"] = round(run.seconds(), 3)
     run.log.write(record)
     rep.log(record)
@@ -143,6 +153,8 @@ def validate(run: Run, loader: DataLoader, rep: Reporter, best_file: Path) -> No
         record["best"] = True
     run.log.write(record)
     rep.log(record)
+    if run.config.curves:
+        draw_curves(run.log.path)
 
 
 def _validation_sums(run: Run, loader: DataLoader) -> tuple[dict[str, float], dict[str, int]]:
@@ -168,6 +180,14 @@ def _validation_sums(run: Run, loader: DataLoader) -> tuple[dict[str, float], di
                     counts[key] += 1
     engine.train()
     return sums, counts
+
+
+def draw_curves(metrics: Path) -> None:
+    """curves.png beside metrics.jsonl; a failure to plot warns but never stops training."""
+    try:
+        write_curves(metrics, metrics.with_name("curves.png"))
+    except Exception as err:  # noqa: BLE001 - a plot must not end a long run
+        warnings.warn(f"curves.png not written: {type(err).__name__}: {err}", stacklevel=2)
 
 
 @contextlib.contextmanager

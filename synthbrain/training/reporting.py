@@ -52,6 +52,41 @@ class Meter:
         self.sums, self.count = dict(state["sums"]), int(state["count"])
 
 
+class Throughput:
+    """Samples per second and seconds waiting for data per update, over a window and overall.
+
+    Wall-clock measurements of this process only: they are logged, never checkpointed.
+    """
+
+    def __init__(self, step: int, samples_per_update: int) -> None:
+        self.samples_per_update = samples_per_update
+        now = time.perf_counter()
+        self.start, self.mark = (step, now), (step, now)
+        self.data_wait, self.total_wait = 0.0, 0.0
+
+    def waited(self, seconds: float) -> None:
+        """Add the time one update waited for its batch."""
+        self.data_wait += seconds
+        self.total_wait += seconds
+
+    def window(self, step: int) -> dict[str, float]:
+        """samples_per_s and data_wait_s (per update) since the previous call."""
+        (last, then), now = self.mark, time.perf_counter()
+        updates = max(step - last, 1)
+        rate = (step - last) * self.samples_per_update / max(now - then, 1e-9)
+        wait = self.data_wait / updates
+        self.mark, self.data_wait = (step, now), 0.0
+        return {"samples_per_s": round(rate, 3), "data_wait_s": round(wait, 5)}
+
+    def overall(self, step: int) -> dict[str, float]:
+        """samples_per_s and data_wait_s since this process began the stage's loop."""
+        first, began = self.start
+        updates = step - first
+        seconds = max(time.perf_counter() - began, 1e-9)
+        return {"samples_per_s": round(updates * self.samples_per_update / seconds, 3),
+                "data_wait_s": round(self.total_wait / max(updates, 1), 5)}  # fmt: skip
+
+
 def scalar_values(out: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The 0-d tensor (or number) entries of a training_step result, as tensors."""
     found = {}
@@ -97,13 +132,25 @@ class MetricsLog:
 
 def format_record(record: dict[str, Any], total: int) -> str:
     """One plain log line for a metrics record."""
-    skip = {"stage", "step", "kind", "seconds"}
+    skip = {"stage", "step", "kind", "seconds", "samples_per_s", "data_wait_s", "best"}
     parts = [f"[{record['stage']}] step {record['step']}/{total}"]
     for key, value in record.items():
         if key in skip:
             continue
         parts.append(f"{key} {value:.3e}" if key == "lr" else f"{key} {value:.5g}")
+    if record.get("best"):
+        parts.append("(best)")
     return "  ".join(parts)
+
+
+def format_eta(seconds: float) -> str:
+    """2h05m, 7m30s or 45s."""
+    seconds = max(int(round(seconds)), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 Mode = Literal["bar", "lines", "off"]
@@ -164,10 +211,11 @@ class Reporter:
         self._mark = (step, now)
         return (step - last_step) / max(now - last_time, 1e-9)
 
-    def show(self, step: int, loss: float, lr: float) -> None:
-        """Move the bar to `step` and show the latest loss, lr and speed."""
+    def show(self, step: int, loss: float, lr: float, samples_per_update: int) -> None:
+        """Move the bar to `step` and show the latest loss, lr and speed (the bar has the ETA)."""
         if self._progress is not None:
-            info = f"loss {loss:.4g}  lr {lr:.2e}  {self.rate(step):.2f} it/s"
+            rate = self.rate(step) * samples_per_update
+            info = f"loss {loss:.4g}  lr {lr:.2e}  {rate:.1f} samples/s"
             self._progress.update(self._task, completed=step, info=info)
 
     def stopped(self, step: int, reason: str) -> None:
@@ -186,7 +234,9 @@ class Reporter:
             return
         line = format_record(record, self.total)
         if record.get("kind") == "train" and self.mode == "lines":
-            line += f"  {self.rate(record['step']):.2f} it/s"
+            updates_per_s = self.rate(record["step"])
+            eta = (self.total - record["step"]) / max(updates_per_s, 1e-9)
+            line += f"  {record.get('samples_per_s', 0.0):.1f} samples/s  ETA {format_eta(eta)}"
         if self._progress is not None:
             self._progress.console.print(line, highlight=False)
         else:

@@ -17,7 +17,7 @@ from synthbrain.training.config import TrainConfig
 from synthbrain.training.ddp import DistContext
 from synthbrain.training.ema import EMA
 from synthbrain.training.precision import resolve_precision
-from synthbrain.training.reporting import Meter, MetricsLog
+from synthbrain.training.reporting import Meter, MetricsLog, Throughput
 from synthbrain.training.schedule import make_scheduler
 
 
@@ -57,6 +57,7 @@ class Run:
     best: Best = field(default_factory=lambda: Best(None))
     metadata: dict[str, Any] = field(default_factory=dict)  # stored in exported weights
     precision: str = "fp32"  # resolved: "fp32" or "bf16" (autocast of the forward pass)
+    speed: Throughput | None = None  # set by the loop; wall-clock only, never checkpointed
 
     def seconds(self) -> float:
         """Training wall time of this stage, summed over resumed runs."""
