@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -50,6 +50,19 @@ def derive_seed(run_seed: int, k: int) -> int:
     """
     digest = hashlib.sha256(f"synthbrain/sample-seed/v1:{int(run_seed)}:{int(k)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & _SEED_MASK
+
+
+def hash_seed(*parts: object, text: Literal["joined", "repr"] = "joined") -> int:
+    """A 63-bit seed that depends only on `parts`: blake2b-64 of their text, little-endian, >> 1.
+
+    The one helper for seeds that are not sample seeds (crops, augmentations, training draws).
+    Two texts are kept because seeds already in use were made from both, and changing either
+    would change which crops an old run resumes with: "joined" hashes ':'.join(map(str, parts))
+    (HDF5 crops, paired training), "repr" hashes repr(parts) (the training loop's draws).
+    """
+    blob = ":".join(map(str, parts)) if text == "joined" else repr(parts)
+    digest = hashlib.blake2b(blob.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def generator_for(seed: int, device: str | torch.device = "cpu") -> torch.Generator:

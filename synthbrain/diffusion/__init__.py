@@ -20,7 +20,7 @@ from synthbrain.diffusion.schedule import (
     x0_from_eps,
     x0_from_v,
 )
-from synthbrain.diffusion.spacing import Spacing, start_from, timesteps
+from synthbrain.diffusion.spacing import Spacing, start_from, steps_for, timesteps, timesteps_for
 from synthbrain.diffusion.steps import DPMSolverPP2M, ddim_sigma, ddim_step, ddpm_step
 
 __all__ = [
@@ -46,7 +46,9 @@ __all__ = [
     "randn",
     "sample",
     "start_from",
+    "steps_for",
     "timesteps",
+    "timesteps_for",
     "to_x0_eps",
     "v_from_x0_eps",
     "x0_from_eps",

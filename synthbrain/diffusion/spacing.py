@@ -19,6 +19,29 @@ from synthbrain.errors import InputError
 Spacing = Literal["linspace", "trailing", "leading", "logsnr"]
 
 
+def steps_for(sampler: str, T: int, n_steps: int) -> int:
+    """How many denoiser calls a sampler makes: ddpm (ancestral) visits all T timesteps."""
+    return T if sampler == "ddpm" else n_steps
+
+
+def timesteps_for(
+    sampler: str,
+    T: int,
+    n_steps: int,
+    *,
+    spacing: Spacing = "linspace",
+    t_start: int | None = None,
+    schedule: Schedule | None = None,
+) -> Tensor:
+    """`timesteps` for a sampler: ddpm takes every timestep from t_start (or T − 1) down to 0,
+    whatever `n_steps` and `spacing` say (its steps assume a stride of one); the others take
+    `n_steps` with `spacing`. The one place that knows this rule."""
+    if sampler == "ddpm":
+        top = T - 1 if t_start is None else t_start
+        return timesteps(T, top + 1, spacing="trailing", t_start=t_start)
+    return timesteps(T, n_steps, spacing=spacing, t_start=t_start, schedule=schedule)
+
+
 def timesteps(
     T: int,
     n_steps: int,

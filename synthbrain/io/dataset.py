@@ -6,11 +6,9 @@ The format and its writer live in `synthbrain.io.h5format`; they are re-exported
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -23,12 +21,14 @@ from synthbrain.io.h5format import (
     VERSION,
     VOLUME_KEYS,
     H5Writer,
+    LazyH5,
     decode_attr,
     make_split,
     read_info,
     read_subject,
     split_ids,
 )
+from synthbrain.rng import hash_seed
 
 __all__ = [
     "FORMAT",
@@ -80,11 +80,10 @@ def lesion_mask_from_labels(
 
 def crop_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed for item `index`'s crop in `epoch`: a hash, so nearby seeds decorrelate."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return hash_seed(seed, epoch, index)
 
 
-class _H5Dataset(torch.utils.data.Dataset):
+class _H5Dataset(LazyH5, torch.utils.data.Dataset):
     """Shared lazy-open logic: each worker process opens its own read handle on first use."""
 
     def __init__(self, path: str | os.PathLike[str], split: str, keys: Sequence[str]) -> None:
@@ -97,20 +96,6 @@ class _H5Dataset(torch.utils.data.Dataset):
         self.ids = split_ids(self.path, split)
         self.split = split
         self.grid = tuple(self.info["grid"])
-        self._h5: h5py.File | None = None
-        self._pid: int | None = None
-
-    def _file(self) -> h5py.File:
-        """The open handle for this process (HDF5 handles must not cross a fork)."""
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
-        return state
 
     def _read(self, sid: str, key: str, region: tuple[slice, ...]) -> np.ndarray | None:
         """Read `region` of one volume with a leading channel axis; None when absent.

@@ -291,3 +291,29 @@ def read_subject(path: str | os.PathLike[str], subject_id: str) -> dict[str, Any
         out: dict[str, Any] = {key: group[key][()] for key in VOLUME_KEYS if key in group}
         out["attrs"] = {key: decode_attr(value) for key, value in group.attrs.items()}
     return out
+
+
+class LazyH5:
+    """A read handle on `self.path` opened on first use in each process.
+
+    HDF5 handles must not cross a fork, so DataLoader workers each open their own: the handle is
+    dropped when the object is pickled and reopened when the process id changes. Mixed into
+    every dataset that reads a training set (io.dataset and the engines' own datasets).
+    """
+
+    path: Path
+    _h5: h5py.File | None = None
+    _pid: int | None = None
+
+    def _file(self) -> h5py.File:
+        """The open handle for this process."""
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_h5"], state["_pid"] = None, None
+        return state
+

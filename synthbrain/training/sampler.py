@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
 
+from synthbrain.rng import hash_seed
+
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed that depends only on `parts` (stable across processes and runs)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return hash_seed(*parts, text="repr")
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -22,21 +22,6 @@ from synthbrain.io.nifti import GridTransform, Volume, from_grid, grid_for, to_g
 from synthbrain.spatial.extent import brain_geometry
 from synthbrain.spatial.window import intensity_range, scale_intensity, unscale_intensity
 
-_LPS = np.diag([-1.0, -1.0, 1.0])  # ITK's physical space is LPS, nibabel's RAS
-
-
-def _to_sitk(vol: Volume) -> Any:
-    """A SimpleITK image with the volume's geometry (voxel (i, j, k) is ITK index (i, j, k))."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.transpose(vol.data, (2, 1, 0)).astype(np.float32))
-    matrix = np.asarray(vol.affine, np.float64)[:3, :3]
-    spacing = np.linalg.norm(matrix, axis=0)
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(v) for v in _LPS @ vol.affine[:3, 3]])
-    image.SetDirection([float(v) for v in (_LPS @ matrix / spacing).ravel()])
-    return image
-
 
 def register_rigid(
     fixed: Volume, moving: Volume, *, seed: int = 0, iterations: int = 200
@@ -53,7 +38,10 @@ def register_rigid(
     """
     import SimpleITK as sitk
 
-    fixed_img, moving_img = _to_sitk(fixed), _to_sitk(moving)
+    from synthbrain.spatial.registration import to_sitk
+
+    fixed_img = to_sitk(fixed.data.astype(np.float32), fixed.affine)
+    moving_img = to_sitk(moving.data.astype(np.float32), moving.affine)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)

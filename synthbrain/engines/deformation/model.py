@@ -25,7 +25,7 @@ from synthbrain.diffusion import (
     q_sample,
     randn,
     sample,
-    timesteps,
+    timesteps_for,
     to_x0_eps,
     v_from_x0_eps,
     x0_from_v,
@@ -196,7 +196,7 @@ class DeformationModel(nn.Module):
         if self.config.dice_weight <= 0:
             return
         # The unclipped x̂0 keeps gradients where it overshoots; warped as sampling warps it.
-        m0 = warp(m0, u, exact=False) if u is not None else m0
+        m0 = (warp(m0, u, exact=False) if u is not None else m0).float()  # sums in fp32 (bf16)
         dice = soft_dice_loss(mask_probability(m0), batch["mask"], item_weight)
         out["loss"] = out["loss"] + self.config.dice_weight * dice
         out["dice"] = dice.detach()
@@ -300,9 +300,8 @@ class DeformationModel(nn.Module):
         cfg = self.config.sampling
         steps = steps or cfg.steps
         sampler = sampler or cfg.sampler
-        ts = timesteps(self.schedule.T, steps, spacing=cfg.spacing, schedule=self.schedule)
-        if sampler == "ddpm":
-            ts = timesteps(self.schedule.T, self.schedule.T)
+        ts = timesteps_for(sampler, self.schedule.T, steps, spacing=cfg.spacing,
+                           schedule=self.schedule)  # fmt: skip
         denoise, remember = self.denoiser_for(cond)
         hook = WarpHook(self.warp_net, clip=self.config.clip_x0, mode=warp_mode or cfg.warp_mode)
 

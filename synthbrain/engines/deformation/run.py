@@ -257,9 +257,10 @@ def enhance(
 
 def _effective_steps(model: DeformationModel, steps: int | None, sampler: str | None) -> int:
     """How many denoiser calls one chunk takes."""
-    if (sampler or model.config.sampling.sampler) == "ddpm":
-        return model.schedule.T
-    return steps or model.config.sampling.steps
+    from synthbrain.diffusion import steps_for
+
+    cfg = model.config.sampling
+    return steps_for(sampler or cfg.sampler, model.schedule.T, steps or cfg.steps)
 
 
 def _volume_ml(mask: Any) -> float | None:

@@ -20,7 +20,7 @@ from synthbrain.diffusion import (
     q_sample,
     randn,
     sample,
-    timesteps,
+    timesteps_for,
     x0_from_eps,
 )
 from synthbrain.engines.deviation.config import DeviationConfig
@@ -270,9 +270,7 @@ class DeviationModel(nn.Module):
     def _steps(self, steps: int | None, sampler: str) -> Tensor:
         """Descending timesteps: every step for ddpm, else `steps` evenly spaced."""
         n = steps or self.config.sampling.steps
-        if sampler == "ddpm":
-            n = self.schedule.T
-        return timesteps(self.schedule.T, n, spacing="trailing")
+        return timesteps_for(sampler, self.schedule.T, n, spacing="trailing")
 
     @torch.no_grad()
     def sample_deviation(

@@ -17,6 +17,7 @@ import torch
 
 from synthbrain.engines.deviation.config import DeviationConfig, load_config
 from synthbrain.errors import InputError
+from synthbrain.io.h5format import LazyH5
 
 
 def contrast_channels(path: Path, wanted: tuple[str, ...]) -> list[int]:
@@ -35,7 +36,7 @@ def contrast_channels(path: Path, wanted: tuple[str, ...]) -> list[int]:
     return [have.index(c) for c in wanted]
 
 
-class LesionItems(torch.utils.data.Dataset):
+class LesionItems(LazyH5, torch.utils.data.Dataset):
     """Items {images [C, ...], mask [1, ...], healthy [C, ...] where stored} of one split: lesion
     slices (2-D) or volumes (3-D).
 
@@ -56,8 +57,6 @@ class LesionItems(torch.utils.data.Dataset):
         self.ids = split_ids(self.path, split)
         self.has_healthy = False
         self.index = self._lesion_index()
-        self._h5: h5py.File | None = None
-        self._pid: int | None = None
 
     def _mask(self, labels: np.ndarray) -> np.ndarray:
         """The support mask m of a label array (the chosen labels merged)."""
@@ -88,18 +87,6 @@ class LesionItems(torch.utils.data.Dataset):
                     rows += [(i, int(z)) for z in np.flatnonzero(hit.any(axis=(0, 1)))]
         self.has_healthy = bool(healthy) and all(healthy)
         return np.array(rows, dtype=np.int64).reshape(-1, 2)
-
-    def _file(self) -> h5py.File:
-        """This process's read handle (HDF5 handles must not cross a fork)."""
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
-        return state
 
     def __len__(self) -> int:
         return len(self.index)

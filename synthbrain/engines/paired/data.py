@@ -12,11 +12,9 @@ deterministically (`apply_anomaly`), so each pseudo-lesion can be replayed from 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -25,17 +23,13 @@ from scipy import ndimage
 from torch import Tensor
 
 from synthbrain.io.dataset import read_subject, split_ids
+from synthbrain.io.h5format import LazyH5
+from synthbrain.rng import hash_seed
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     """One uniform draw in [low, high)."""
     return low + (high - low) * float(torch.rand((), generator=generator))
-
-
-def _hash_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass
@@ -163,7 +157,7 @@ def lesion_ratio(image: np.ndarray, healthy: np.ndarray, mask: np.ndarray) -> fl
 # ---------------------------------------------------------------------- stage 1: crops
 
 
-class CropDataset(torch.utils.data.Dataset):
+class CropDataset(LazyH5, torch.utils.data.Dataset):
     """Random crops of the images and healthy substrates of an HDF5 split, for the autoencoder.
 
     Item i reads subject i mod N (its pathological image for even rounds, its healthy
@@ -183,29 +177,15 @@ class CropDataset(torch.utils.data.Dataset):
             brain = first["brain_mask"][()] > 0
             self.has_healthy = [("healthy" in h5["subjects"][s]) for s in self.ids]
         self.lo, self.hi = _crop_range(brain, self.crop)
-        self._h5: h5py.File | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.ids) * self.repeats
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
-        return state
-
-    def _file(self) -> h5py.File:
-        """This process's read handle."""
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         n = len(self.ids)
         subject, round_ = index % n, index // n
         key = "healthy" if (round_ % 2 and self.has_healthy[subject]) else "images"
-        rng = np.random.default_rng(_hash_seed("crop", self.seed, index))
+        rng = np.random.default_rng(hash_seed("crop", self.seed, index))
         start = [int(rng.integers(lo, hi + 1)) for lo, hi in zip(self.lo, self.hi, strict=True)]
         region = tuple(slice(s, s + self.crop) for s in start)
         data = self._file()["subjects"][self.ids[subject]][key][(slice(None), *region)]
@@ -300,7 +280,7 @@ def iter_examples(
     """
     ids = split_ids(path, split)[:max_subjects]
     masks, ratios = _mask_bank(path, ids)
-    generator = torch.Generator().manual_seed(_hash_seed("anomaly", seed))
+    generator = torch.Generator().manual_seed(hash_seed("anomaly", seed))
     spacing = float(np.mean(read_subject(path, ids[0])["attrs"].get("spacing", [2.0])))
     for i, sid in enumerate(ids):
         s = read_subject(path, sid)

@@ -24,6 +24,7 @@ from synthbrain.engines.paired.guidance import (
 )
 from synthbrain.engines.paired.model import PairedConfig, PairedModel
 from synthbrain.errors import InputError
+from synthbrain.training.config import resolve_device
 
 DEFAULT_STEPS = 50
 SUBSTRATE_T_START = 300
@@ -40,18 +41,6 @@ class Bundle:
     sha256: str
     device: torch.device
     precision: str
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto → CUDA when available, else CPU; InputError for an unusable device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for, but CUDA is not available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
 
 
 def load_bundle(
