@@ -87,6 +87,7 @@ def task_scores(state: Tensor, batch: dict[str, Tensor], mask_stream: bool) -> d
     "select" = Dice + PSNR / 20 (dB): one number for checkpoint selection in which 0.05 Dice
     and 1 dB weigh the same; models without a mask are selected by PSNR alone.
     """
+    state = state.float()  # a bf16 autocast sample
     image = ((state[:, :1] + 1.0) / 2.0).clamp(0.0, 1.0)
     psnr = psnr_in(image, batch["target"], tumour_region(batch) > 0.5)
     out = {"psnr_tumour": psnr}
