@@ -4,8 +4,14 @@ Draws `--n` phantom subjects with run seed `--seed` (1000: never used in trainin
 seed 0), runs each model on a slab of `--slab` axial slices centred on the enhancing tumour (the
 2.5-D context still reads the neighbours outside it), and reports PSNR / SSIM over the brain and
 inside the tumour, the enhancing-tumour Dice, through-plane consistency and seconds. Baselines:
-T1 copied as T1Gd. Writes JSON and, with --doc, the tables between the markers of
-docs/deformation.md.
+T1 copied as T1Gd, and whatever models are passed (a regression U-Net trained with
+examples/configs/deformation-baseline-regression.toml is one).
+
+Oracle calibration (default, --no-calibrate turns it off): every method's output, T1 included,
+is mapped by the least-squares line a·P + b that best fits the true T1Gd over the brain of that
+subject before it is scored, so units and global offsets decide nothing; only the pattern of
+the image does. "gain" is a method's tumour PSNR minus the calibrated T1's on the same
+subject. Writes JSON and, with --doc, the tables between the markers of docs/deformation.md.
 
     python scripts/eval_deformation.py \\
         --model full=runs/deformation/ablation-full/deformation.safetensors ... \\
@@ -98,9 +104,18 @@ def through_plane(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray, zs: list
     return float(np.concatenate(diffs).mean()) if diffs else float("nan")
 
 
-def score(pred, mask, subject, region, zs) -> dict:
-    """All metrics of one prediction of one subject."""
+def calibrate(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """pred mapped by the least-squares line onto ref over the brain (the oracle calibration)."""
+    x, y = pred[brain].astype(np.float64), ref[brain].astype(np.float64)
+    a, b = np.polyfit(x, y, 1) if x.std() > 0 else (0.0, float(y.mean()))
+    return np.where(brain, a * pred + b, pred).astype(np.float32)
+
+
+def score(pred, mask, subject, region, zs, calibrated: bool = True) -> dict:
+    """All metrics of one prediction of one subject (after the oracle calibration if asked)."""
     ref = subject.images["t1gd"]
+    if calibrated:
+        pred = calibrate(pred, ref, region)
     tumour = (subject.labels > 0) & region
     et = (subject.labels == 3) & region
     out = {
@@ -112,6 +127,14 @@ def score(pred, mask, subject, region, zs) -> dict:
     }
     out["dice_et"] = metrics.dice(mask & region, et) if mask is not None else float("nan")
     return out
+
+
+def scored(image, mask, seconds: float, where: tuple, ref_psnr: float | None) -> dict:
+    """score() plus the tumour-PSNR gain over the calibrated T1 and the seconds."""
+    subject, region, zs, calibrated = where
+    row = score(image, mask, subject, region, zs, calibrated)
+    gain = 0.0 if ref_psnr is None else row["psnr_tumour"] - ref_psnr
+    return {**row, "gain": gain, "seconds": seconds}
 
 
 def run_model(model, options: dict, subject, region: np.ndarray, seed: int) -> tuple:
@@ -143,27 +166,35 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Every model (and the steps table) on every held-out subject."""
     specs = [parse_model(m) for m in args.model]
     models = {name: (load_model(path)[0], opts, path) for name, path, opts in specs}
-    per: dict[str, list] = {name: [] for name in ["t1-copy", *models]}
+    base = "t1-calibrated" if args.calibrate else "t1-copy"
+    per: dict[str, list] = {name: [] for name in [base, *models]}
     steps_per: dict[int, list] = {s: [] for s in args.steps}
     subjects = iter_subjects(args.n, seed=args.seed, lesion="tumor", contrasts=CONTRASTS)
     for k, _, subject in subjects:
         brain = subject.brain_mask > 0
         region, zs = slab_region(brain, subject.labels == 3, args.slab)
-        per["t1-copy"].append({**score(subject.images["t1"], None, subject, region, zs),
-                               "seconds": 0.0})  # fmt: skip
+        where = (subject, region, zs, args.calibrate)
+        per[base].append(scored(subject.images["t1"], None, 0.0, where, None))
+        ref_psnr = per[base][-1]["psnr_tumour"]
         for name, (model, opts, _) in models.items():
-            image, mask, sec = run_model(model, opts, subject, region, args.sample_seed)
-            per[name].append({**score(image, mask, subject, region, zs), "seconds": sec})
+            out = run_model(model, opts, subject, region, args.sample_seed)
+            per[name].append(scored(*out, where, ref_psnr))
             print(f"subject {k} {name}: {per[name][-1]}", file=sys.stderr, flush=True)
         if args.steps_model:
             model, opts, _ = models[args.steps_model]
             for s in args.steps:
-                image, mask, sec = run_model(model, {**opts, "steps": s}, subject, region,
-                                             args.sample_seed)  # fmt: skip
-                steps_per[s].append({**score(image, mask, subject, region, zs), "seconds": sec})
+                out = run_model(model, {**opts, "steps": s}, subject, region, args.sample_seed)
+                steps_per[s].append(scored(*out, where, ref_psnr))
+        if args.json:  # partial results survive a run stopped by a time limit
+            args.json.write_text(json.dumps(results_of(args, models, per, steps_per), indent=2))
+    return results_of(args, models, per, steps_per)
+
+
+def results_of(args: argparse.Namespace, models: dict, per: dict, steps_per: dict) -> dict:
+    """The JSON-ready results of the subjects done so far ("n_done" of them)."""
     return {
-        "command": " ".join(["python", *sys.argv]),
-        "n": args.n, "seed": args.seed, "slab": args.slab,
+        "command": " ".join(["python", *sys.argv]), "n_done": len(next(iter(per.values()))),
+        "n": args.n, "seed": args.seed, "slab": args.slab, "calibrated": args.calibrate,
         "models": {name: {"summary": summarise(rows), "subjects": rows,
                           **(training_facts(models[name][2]) if name in models else {}),
                           "options": models[name][1] if name in models else {}}
@@ -182,10 +213,10 @@ def _cell(stat: tuple[float, float], digits: int = 2) -> str:
 def merge(paths: list[Path]) -> dict:
     """Results of several runs over the same subjects as one (models in the order given)."""
     runs = [json.loads(p.read_text()) for p in paths]
-    for key in ("n", "seed", "slab"):
-        if len({r[key] for r in runs}) != 1:
+    for key in ("n", "seed", "slab", "calibrated"):
+        if len({r.get(key) for r in runs}) != 1:
             raise SystemExit(f"the runs to merge differ in {key}")
-    out = {k: runs[0][k] for k in ("n", "seed", "slab")}
+    out = {k: runs[0].get(k) for k in ("n", "seed", "slab", "calibrated")}
     out["command"] = "\n".join(r["command"] for r in runs)
     out["models"], out["steps"], out["steps_model"] = {}, {}, None
     for r in runs:
@@ -200,8 +231,8 @@ def markdown(results: dict) -> str:
     """The quality, steps and through-plane tables."""
     unit = "s / volume" if results["slab"] <= 0 else "s / slab"
     head = (
-        "| model | PSNR brain (dB) | SSIM brain | PSNR tumour (dB) | SSIM tumour | "
-        f"Dice ET | through-plane | {unit} | trained |\n|---|---|---|---|---|---|---|---|---|"
+        "| model | PSNR brain (dB) | SSIM brain | PSNR tumour (dB) | gain (dB) | SSIM tumour | "
+        f"Dice ET | through-plane | {unit} | trained |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for name, r in results["models"].items():
@@ -209,18 +240,19 @@ def markdown(results: dict) -> str:
         trained = f"{r['steps']} steps, {r['train_seconds'] / 60:.0f} min" if r.get("steps") else ""
         lines.append(
             f"| {name} | {_cell(s['psnr_brain'])} | {_cell(s['ssim_brain'], 3)} | "
-            f"{_cell(s['psnr_tumour'])} | {_cell(s['ssim_tumour'], 3)} | "
-            f"{_cell(s['dice_et'], 3)} | "
+            f"{_cell(s['psnr_tumour'])} | {_cell(s.get('gain', (np.nan, 0)))} | "
+            f"{_cell(s['ssim_tumour'], 3)} | {_cell(s['dice_et'], 3)} | "
             f"{_cell(s['through_plane'], 4)} | {s['seconds'][0]:.1f} | {trained} |"
         )
     if results["steps"]:
         lines += ["", f"Quality versus sampling steps ({results['steps_model']}):", "",
-                  "| steps | PSNR brain (dB) | SSIM brain | PSNR tumour (dB) | Dice ET "
-                  f"| {unit} |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| steps | PSNR brain (dB) | SSIM brain | PSNR tumour (dB) | gain (dB) | Dice ET "
+                  f"| {unit} |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for steps, s in results["steps"].items():
             lines.append(
                 f"| {steps} | {_cell(s['psnr_brain'])} | {_cell(s['ssim_brain'], 3)} | "
-                f"{_cell(s['psnr_tumour'])} | {_cell(s['dice_et'], 3)} | {s['seconds'][0]:.1f} |"
+                f"{_cell(s['psnr_tumour'])} | {_cell(s.get('gain', (np.nan, 0)))} | "
+                f"{_cell(s['dice_et'], 3)} | {s['seconds'][0]:.1f} |"
             )
     return "\n".join(lines)
 
@@ -248,6 +280,12 @@ def main() -> None:
     parser.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=[])
     parser.add_argument("--steps-model", default=None, help="model NAME for the steps table")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="oracle linear calibration of every output to T1Gd (brain)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--doc", type=Path, default=None)
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="join JSON results")
