@@ -109,12 +109,13 @@ def time_implant(model, vols, ml: float, steps: int | None, repeats: int) -> dic
 
 def time_generate(weights: str, lesion: str, n: int, device: str) -> float:
     """Seconds per generated triplet (phantom anatomy and mask, written as NIfTI)."""
-    from synthbrain.engines.deviation.generation import generate
+    from synthbrain.api import generate
 
     with tempfile.TemporaryDirectory() as tmp:
-        generate(out=Path(tmp) / "run", n=1, weights=weights, lesion=lesion, device=device)
+        options = {"engine": "deviation", "weights": weights, "lesion": lesion, "device": device}
+        generate(out=Path(tmp) / "run", n=1, **options)
         t0 = time.perf_counter()
-        generate(out=Path(tmp) / "run2", n=n, weights=weights, lesion=lesion, device=device, seed=1)
+        generate(out=Path(tmp) / "run2", n=n, seed=1, **options)
         return (time.perf_counter() - t0) / n
 
 

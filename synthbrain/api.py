@@ -30,17 +30,6 @@ __all__ = [
 ]
 
 
-def _shard(shard: str | None) -> tuple[int, int]:
-    """Shard (index, count) from --shard or the Slurm array environment; (0, 1) if neither."""
-    import os
-
-    from synthbrain.rng import parse_shard, shard_from_env
-
-    if shard is not None:
-        return parse_shard(shard)
-    return shard_from_env(os.environ) or (0, 1)
-
-
 def phantom(
     *,
     out: Path | None,
@@ -74,7 +63,8 @@ def phantom(
         overwrite, resume: what to do with an output folder that holds a previous run.
         workers: subjects made in parallel processes (the output is the same).
     """
-    from synthbrain.phantom_run import run_phantom
+    from synthbrain.runs.generate import resolve_shard
+    from synthbrain.runs.phantom import run_phantom
 
     reporter = reporter or Reporter(quiet=True)
     config = resolve(
@@ -102,7 +92,7 @@ def phantom(
         hdf5=hdf5,
         split=tuple(split or (0.8, 0.1, 0.1)),
         slices=slices,
-        shard=_shard(shard),
+        shard=resolve_shard(shard),
         overwrite=overwrite,
         resume=resume,
         reporter=reporter,
@@ -242,8 +232,12 @@ def generate(*, out: Path, engine: str | None = None, **options: Any) -> dict[st
     check_generate(out=Path(out), engine=engine, **options)
     if engine == "deviation" and is_phantom_masks(options.get("masks")):
         options["masks"] = None  # the deviation engine's default mask source is the phantom's
+    from synthbrain.runs.generate import resolve_shard, run_job
+
+    reporter = options.pop("reporter", None)
+    options["shard"] = resolve_shard(options.get("shard"))
     module = engines.load(engine, command="generate")
-    return module.generate(out=Path(out), **options)
+    return run_job(module.generate_job(out=Path(out), **options), reporter)
 
 
 def heal(*, scan: Path, engine: str | None = None, mask: Path | None = None, **options: Any):

@@ -8,7 +8,7 @@ commands, `sources` and `io` their inputs. The functions below are what
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthbrain.engines.deviation.tensors import (  # the model API, re-exported
     ClampX0,
@@ -22,6 +22,9 @@ from synthbrain.engines.deviation.tensors import (  # the model API, re-exported
     unbatch,
 )
 
+if TYPE_CHECKING:
+    from synthbrain.io.samples import GenerateJob
+
 
 def train(**options: Any) -> dict[str, Any]:
     """`synthbrain train --engine deviation`: see `deviation.train.train`."""
@@ -30,11 +33,12 @@ def train(**options: Any) -> dict[str, Any]:
     return run(**options)
 
 
-def generate(**options: Any) -> dict[str, Any]:
-    """`synthbrain generate --engine deviation`: see `deviation.generate.generate`."""
-    from synthbrain.engines.deviation.generation import generate as run
+def generate_job(**options: Any) -> GenerateJob:
+    """`synthbrain generate --engine deviation`, as a job the run layer writes (see
+    `deviation.generation.generate`)."""
+    from synthbrain.engines.deviation.generation import generate as job
 
-    return run(**options)
+    return job(**options)
 
 
 def implant(inputs: Any, **options: Any) -> dict[str, Any]:
@@ -57,7 +61,7 @@ __all__ = [
     "DeviationModel",
     "MaskProjection",
     "box_batch",
-    "generate",
+    "generate_job",
     "heal",
     "heal_tensors",
     "implant",

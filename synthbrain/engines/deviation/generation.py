@@ -14,20 +14,7 @@ from typing import Any
 from synthbrain.engines.deviation.run import Bundle, edit_subject, load_bundle
 from synthbrain.engines.deviation.sources import Pair, Sources
 from synthbrain.errors import InputError
-from synthbrain.progress import Reporter
-
-
-def _shard(shard: Any) -> tuple[int, int]:
-    """(index, count) from 'i/N', a tuple, or the Slurm array environment; (0, 1) otherwise."""
-    import os
-
-    from synthbrain.rng import parse_shard, shard_from_env
-
-    if shard is None:
-        return tuple(shard_from_env(os.environ) or (0, 1))  # type: ignore[return-value]
-    if isinstance(shard, str):
-        return tuple(parse_shard(shard))  # type: ignore[return-value]
-    return int(shard[0]), int(shard[1])
+from synthbrain.io.samples import GenerateJob, Preview, RunFolder, Sample, sample_id
 
 
 def run_config(bundle: Bundle, sources: Sources, options: dict[str, Any]) -> dict[str, Any]:
@@ -63,15 +50,10 @@ def sample_volumes(pair: Pair, result: dict, contrasts: tuple[str, ...]) -> dict
     return vols
 
 
-def _preview(writer: Any, sample_id: str, vols: dict, contrast: str, several: bool) -> None:
+def _preview(sample_id: str, vols: dict, contrast: str, several: bool) -> Preview:
     """A tri-planar PNG of the first contrast with the mask overlaid."""
-    from synthbrain.io.preview import save_preview
-
-    folder = Path(writer.out_dir) / "previews"
-    folder.mkdir(parents=True, exist_ok=True)
     image = vols[f"image_{contrast}" if several else "image"]
-    save_preview(folder / f"{sample_id}.png", image.data, vols["mask"].data,
-                 affine=image.affine, title=f"{sample_id} {contrast}")  # fmt: skip
+    return Preview(image.data, vols["mask"].data, image.affine, f"{sample_id} {contrast}")
 
 
 def _options(options: dict[str, Any]) -> dict[str, Any]:
@@ -88,12 +70,12 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def write_sample(writer: Any, bundle: Bundle, sources: Sources, opt: dict, k: int) -> str:
-    """Make and write sample k of the run; returns its id."""
+def make_sample(bundle: Bundle, sources: Sources, opt: dict, k: int) -> Sample:
+    """Sample k of the run: pair k // variants, variant k % variants."""
     from synthbrain.io.outputs import lesion_volume_ml
     from synthbrain.rng import derive_seed
 
-    t0, sample_id, variants = time.perf_counter(), f"synth_{k:05d}", int(opt["variants"])
+    t0, sid, variants = time.perf_counter(), sample_id("deviation", k), int(opt["variants"])
     p, seed_k = k // variants, derive_seed(opt["seed"], k)
     pair = sources.pair(p, derive_seed(opt["seed"], p))
     results, facts = edit_subject(
@@ -111,51 +93,42 @@ def write_sample(writer: Any, bundle: Bundle, sources: Sources, opt: dict, k: in
         "contrasts": list(contrasts), "box": facts["box"],
         "seconds": round(time.perf_counter() - t0, 3),
     }  # fmt: skip
-    writer.write_sample(sample_id, vols, record=record, index=k)
-    if opt["preview"]:
-        _preview(writer, sample_id, vols, contrasts[0], len(contrasts) > 1)
-    return sample_id
+    return Sample(k, sid, vols, record, _preview(sid, vols, contrasts[0], len(contrasts) > 1))
 
 
-def generate(*, out: Path, reporter: Reporter | None = None, **options: Any) -> dict[str, Any]:
-    """Write n triplets with the deviation engine (see the module docstring).
+def generate(*, out: Path, **options: Any) -> GenerateJob:
+    """n triplets with the deviation engine (see the module docstring), as a run job.
 
     Options (as the CLI names them): n, lesion, weights, batch_size (each sample is already one
     batch of its lesion's slices; accepted and unused), steps, sampler, anatomy (folder of
     healthy scans or BraTS-style subject folders; default phantom anatomy), masks (folder of
     lesion masks or label maps, placed by world coordinates; default the phantom's lesion
-    shapes), layout, preview, shard, seed, device, overwrite, resume; and severity, variants
-    (lesions per anatomy and mask), eta.
+    shapes), layout, preview, shard ((i, N), resolved by the run layer), seed, device,
+    overwrite, resume; and severity, variants (lesions per anatomy and mask), eta.
     """
-    from synthbrain.io.runwriter import RunWriter
-    from synthbrain.rng import shard_indices
-
-    started = time.perf_counter()
-    reporter = reporter or Reporter(quiet=True)
     opt = _options(options)
-    shard = _shard(opt["shard"])
+    shard = tuple(opt["shard"] or (0, 1))
     bundle = load_bundle(opt["weights"], lesion=opt["lesion"], device=opt["device"])
     cfg = bundle.model.config
     sources = Sources(contrasts=cfg.contrasts, lesion=opt["lesion"], spacing=cfg.spacing,
                       anatomy=opt["anatomy"], masks=opt["masks"], labels=cfg.labels)  # fmt: skip
-    writer = RunWriter(
-        out, layout=opt["layout"], config=run_config(bundle, sources, opt),
-        overwrite=opt["overwrite"], resume=opt["resume"], dataset_name="synthbrain-deviation",
-        channel_names=sources.written_contrasts, labels={"background": 0, "lesion": 1},
-        shard=shard if shard[1] > 1 else None,
+    folder = RunFolder(
+        Path(out), opt["layout"], run_config(bundle, sources, opt), "synthbrain-deviation",
+        tuple(sources.written_contrasts), {"background": 0, "lesion": 1}, opt["overwrite"],
+        opt["resume"],
     )  # fmt: skip
-    indices = shard_indices(int(opt["n"]), shard)
-    done = writer.finished_ids() if opt["resume"] else set()
-    todo = [k for k in indices if f"synth_{k:05d}" not in done]
-    written = []
-    with reporter.task(f"generate {opt['lesion']}", total=len(todo)) as advance:
-        for k in todo:
-            written.append(write_sample(writer, bundle, sources, opt, k))
-            advance(1)
-    writer.close()
-    return {
-        "engine": "deviation", "out": str(out), "written": len(written),
-        "skipped_finished": len(indices) - len(todo), "shard": f"{shard[0]}/{shard[1]}",
-        "weights": bundle.name, "weights_sha256": bundle.sha256, "seed": opt["seed"],
-        "seconds": round(time.perf_counter() - started, 2),
-    }  # fmt: skip
+
+    def summary(written: int, skipped: int, seconds: float) -> dict[str, Any]:
+        return {
+            "engine": "deviation", "out": str(out), "written": written,
+            "skipped_finished": skipped, "shard": f"{shard[0]}/{shard[1]}",
+            "weights": bundle.name, "weights_sha256": bundle.sha256, "seed": opt["seed"],
+            "seconds": round(seconds, 2),
+        }  # fmt: skip
+
+    def make(ks: list[int]) -> list[Sample]:
+        return [make_sample(bundle, sources, opt, k) for k in ks]
+
+    task = f"generate {opt['lesion']}"
+    return GenerateJob(folder, "deviation", int(opt["n"]), shard, make, task, summary,
+                       preview=bool(opt["preview"]))  # fmt: skip

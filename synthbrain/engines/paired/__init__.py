@@ -10,7 +10,7 @@ command modules lazily, and nothing in the package imports this module back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthbrain.engines.paired.model import (  # the model API, re-exported
     STAGES,
@@ -21,6 +21,9 @@ from synthbrain.engines.paired.model import (  # the model API, re-exported
     space_to_depth,
 )
 
+if TYPE_CHECKING:
+    from synthbrain.io.samples import GenerateJob
+
 
 def train(**options: Any) -> dict[str, Any]:
     """`synthbrain train --engine paired` (see `paired.train.train`)."""
@@ -29,11 +32,12 @@ def train(**options: Any) -> dict[str, Any]:
     return run(**options)
 
 
-def generate(**options: Any) -> dict[str, Any]:
-    """`synthbrain generate` with the paired engine (see `paired.generation.generate`)."""
-    from synthbrain.engines.paired.generation import generate as run
+def generate_job(**options: Any) -> GenerateJob:
+    """`synthbrain generate` with the paired engine, as a job the run layer writes (see
+    `paired.generation.generate`)."""
+    from synthbrain.engines.paired.generation import generate as job
 
-    return run(**options)
+    return job(**options)
 
 
 def heal(inputs: Any, **options: Any) -> dict[str, Any]:
@@ -56,7 +60,7 @@ __all__ = [
     "STAGES",
     "build_model",
     "depth_to_space",
-    "generate",
+    "generate_job",
     "heal",
     "implant",
     "space_to_depth",

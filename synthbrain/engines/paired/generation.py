@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from synthbrain.engines.paired.run import (
     soft_to_mask,
 )
 from synthbrain.errors import InputError
+from synthbrain.io.samples import GenerateJob, Preview, RunFolder, Sample, sample_id
 from synthbrain.progress import Reporter
 from synthbrain.rng import derive_seed, generator_for
 
@@ -45,11 +46,6 @@ class Triplet:
     image: np.ndarray
     mask: np.ndarray
     healthy: np.ndarray
-
-
-def sample_id(k: int) -> str:
-    """The id of sample k (also its file-name stem in the flat layout)."""
-    return f"synth{k:05d}"
 
 
 def load_mask_folder(folder: Path, bundle: Bundle) -> list[np.ndarray]:
@@ -181,7 +177,7 @@ def run_config(bundle: Bundle, run: SamplerSettings, **fields: Any) -> dict[str,
     }
 
 
-def run_generate(
+def generate_job(
     bundle: Bundle,
     out: Path,
     *,
@@ -195,71 +191,66 @@ def run_generate(
     seed: int,
     overwrite: bool,
     resume: bool,
-    reporter: Reporter,
-) -> dict[str, Any]:
-    """Write this shard's samples; returns the JSON-ready summary."""
-    from synthbrain.io.runwriter import RunWriter
-    from synthbrain.rng import shard_indices
-
-    started = time.perf_counter()
+) -> GenerateJob:
+    """This shard's samples as a job for the run layer (`synthbrain.runs.generate.run_job`)."""
     cfg = bundle.model.config
     mask_for, mask_source = mask_provider(masks, bundle)
     config = run_config(
         bundle, run, seed=seed, layout=layout, masks=str(masks) if masks else None, n=n,
         batch_size=batch_size, shard=f"{shard[0]}/{shard[1]}", device=str(bundle.device),
     )  # fmt: skip
-    writer = RunWriter(
-        out, layout=layout, config=config, overwrite=overwrite, resume=resume,
-        dataset_name="synthbrain-paired", channel_names=tuple(cfg.contrasts),
-        labels={"background": 0, "lesion": 1}, shard=shard, identity_keys=IDENTITY_KEYS,
+    folder = RunFolder(
+        Path(out), layout, config, "synthbrain-paired", tuple(cfg.contrasts),
+        {"background": 0, "lesion": 1}, overwrite, resume, IDENTITY_KEYS,
     )  # fmt: skip
-    done = writer.finished_ids() if resume else set()
-    todo = [k for k in shard_indices(n, shard) if sample_id(k) not in done]
-    written = _write_all(
-        bundle, writer, todo, batch_size, run, (mask_for, mask_source), seed, preview, reporter
-    )
-    writer.close()
-    return {
-        "out": str(out),
-        "engine": "paired",
-        "weights": bundle.name,
-        "weights_sha256": bundle.sha256,
-        "written": written,
-        "skipped_finished": len(shard_indices(n, shard)) - len(todo),
-        "shard": f"{shard[0]}/{shard[1]}",
-        "seed": seed,
-        "steps": run.steps,
-        "sampler": run.sampler,
-        "device": str(bundle.device),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    maker = _Maker(bundle, run, seed, mask_for, mask_source)
+
+    def summary(written: int, skipped: int, seconds: float) -> dict[str, Any]:
+        return {
+            "out": str(out), "engine": "paired", "weights": bundle.name,
+            "weights_sha256": bundle.sha256, "written": written, "skipped_finished": skipped,
+            "shard": f"{shard[0]}/{shard[1]}", "seed": seed, "steps": run.steps,
+            "sampler": run.sampler, "device": str(bundle.device), "seconds": round(seconds, 2),
+        }  # fmt: skip
+
+    return GenerateJob(
+        folder, "paired", n, shard, maker.make, f"generate {cfg.lesion}", summary,
+        batch_size=batch_size, preview=preview, after=maker.warn_empty,
+    )  # fmt: skip
 
 
-def _write_all(bundle, writer, todo, batch_size, run, masks, seed, preview, reporter) -> int:  # noqa: ANN001
-    """Sample and write the todo indices in batches; returns the number written."""
-    mask_for, mask_source = masks
-    brain = brain_tensor(bundle)
-    affine = _grid_affine(bundle)
-    empty = 0
-    with reporter.task(f"generate {bundle.model.config.lesion}", total=len(todo)) as advance:
-        for start in range(0, len(todo), batch_size):
-            ks = todo[start : start + batch_size]
-            t0 = time.perf_counter()
-            gens = [generator_for(derive_seed(seed, k)) for k in ks]
-            given = [mask_for(k, derive_seed(seed, k)) for k in ks] if mask_for else None
-            triplets = make_triplets(bundle, gens, run, brain, given)
-            seconds = (time.perf_counter() - t0) / len(ks)
-            for k, trip in zip(ks, triplets, strict=True):
-                empty += int(not trip.mask.any())
-                record = _record(bundle, run, k, derive_seed(seed, k), seconds, mask_source)
-                vols = _volumes(trip, bundle.model.config.contrasts, affine)
-                writer.write_sample(sample_id(k), vols, record=record, index=k)
-                if preview:
-                    _preview(writer, sample_id(k), trip, affine)
-            advance(len(ks))
-    if empty:
-        reporter.warn(f"{empty} generated mask(s) came out empty (the model drew no lesion)")
-    return len(todo)
+class _Maker:
+    """Makes batches of paired samples; counts the empty masks for one warning at the end."""
+
+    def __init__(self, bundle: Bundle, run: SamplerSettings, seed: int, mask_for: MaskFor | None,
+                 mask_source: str | None) -> None:  # fmt: skip
+        self.bundle, self.run, self.seed = bundle, run, seed
+        self.mask_for, self.mask_source = mask_for, mask_source
+        self.brain, self.affine = brain_tensor(bundle), _grid_affine(bundle)
+        self.empty = 0
+
+    def make(self, ks: list[int]) -> Iterator[Sample]:
+        """Samples ks, drawn together; sample k from derive_seed(seed, k) alone."""
+        t0 = time.perf_counter()
+        seeds = [derive_seed(self.seed, k) for k in ks]
+        gens = [generator_for(s) for s in seeds]
+        given = (
+            [self.mask_for(k, s) for k, s in zip(ks, seeds, strict=True)] if self.mask_for else None
+        )
+        triplets = make_triplets(self.bundle, gens, self.run, self.brain, given)
+        seconds = (time.perf_counter() - t0) / len(ks)
+        for k, s, trip in zip(ks, seeds, triplets, strict=True):
+            self.empty += int(not trip.mask.any())
+            sid = sample_id("paired", k)
+            record = _record(self.bundle, self.run, k, s, seconds, self.mask_source)
+            vols = _volumes(trip, self.bundle.model.config.contrasts, self.affine)
+            yield Sample(k, sid, vols, record, Preview(trip.image[0], trip.mask, self.affine, sid))
+
+    def warn_empty(self, reporter: Reporter) -> None:
+        if self.empty:
+            reporter.warn(
+                f"{self.empty} generated mask(s) came out empty (the model drew no lesion)"
+            )
 
 
 def _grid_affine(bundle: Bundle) -> np.ndarray:
@@ -288,15 +279,6 @@ def _record(
     }
 
 
-def _preview(writer: Any, sid: str, trip: Triplet, affine: np.ndarray) -> None:
-    """A tri-planar PNG of the image with the mask overlaid."""
-    from synthbrain.io.preview import save_preview
-
-    folder = Path(writer.out_dir) / "previews"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_preview(folder / f"{sid}.png", trip.image[0], trip.mask, affine=affine, title=sid)
-
-
 def generate(
     *,
     out: Path,
@@ -310,17 +292,16 @@ def generate(
     masks: Path | None = None,
     layout: str = "flat",
     preview: bool = False,
-    shard: str | tuple[int, int] | None = None,
+    shard: tuple[int, int] | None = None,
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
     resume: bool = False,
-    reporter: Reporter | None = None,
     spacing: str = "linspace",
     precision: str | None = None,
     **_: Any,
-) -> dict[str, Any]:
-    """Generate `n` triplets (image, mask, healthy substrate) and a manifest in `out`.
+) -> GenerateJob:
+    """`n` triplets (image, mask, healthy substrate) and a manifest in `out`, as a run job.
 
     Args:
         out: the run folder (`layout`: flat, bids or nnunet).
@@ -332,29 +313,18 @@ def generate(
             k uses mask k mod count; or "phantom": sample k's mask is a phantom lesion of the
             model's type drawn from derive_seed(derive_seed(seed, k), 1).
         preview: a tri-planar PNG per sample under previews/.
-        shard: "i/N" (or Slurm's array variables): only samples k with k % N == i.
+        shard: (i, N) (the run layer resolves --shard and Slurm's array variables): only samples
+            k with k % N == i.
         seed: the run seed; sample k uses derive_seed(seed, k) alone.
         overwrite, resume: what to do with a folder holding a previous run.
         precision: "fp32" or "bf16" (default bf16 on CUDA).
     """
     if anatomy is not None:
         raise InputError("--anatomy is for the deviation engine; the paired engine draws anatomy")
-    reporter = reporter or Reporter(quiet=True)
     bundle = load_bundle(weights, lesion, device, precision)
     run = SamplerSettings(sampler, steps or DEFAULT_STEPS, spacing, 0.0, bundle.precision)
-    return run_generate(
+    return generate_job(
         bundle, Path(out), n=n, batch_size=batch_size, run=run, masks=masks, layout=layout,
-        preview=preview, shard=_shard(shard), seed=seed, overwrite=overwrite, resume=resume,
-        reporter=reporter,
+        preview=preview, shard=tuple(shard or (0, 1)), seed=seed, overwrite=overwrite,
+        resume=resume,
     )  # fmt: skip
-
-
-def _shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
-    """(index, count) from --shard or the Slurm array variables; (0, 1) without either."""
-    from synthbrain.rng import parse_shard, shard_from_env
-
-    if isinstance(shard, tuple):
-        return shard
-    if shard is not None:
-        return tuple(parse_shard(shard))  # type: ignore[return-value]
-    return tuple(shard_from_env() or (0, 1))  # type: ignore[return-value]
