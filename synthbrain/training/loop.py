@@ -53,34 +53,40 @@ def train_loop(
     run.speed = Throughput(run.step, per_update)
     with Reporter(run.stage, cfg.steps, run.step, choose_mode(progress, run.ctx.is_main)) as rep:
         batches = iter(loader)
-        while run.step < cfg.steps:
-            with stopper.timed("update"):
-                asked = time.perf_counter()
-                batch = next(batches)
-                run.speed.waited(time.perf_counter() - asked)
-                loss = train_step(run, to_device(batch, run.device))
-            due = _due(run, val is not None)
-            if rep.mode == "bar" and (run.step % display_every == 0 or due["last"]):
-                rep.show(run.step, loss.item(), run.lr, per_update)
-            if due["log"]:
-                log_train(run, rep)
-            if due["val"]:
-                with stopper.timed("val"):
-                    validate(run, val, rep, best_path(ckpt))
-            if due["save"]:
-                with stopper.timed("save"):
-                    save_run(run, ckpt, len(train_set))
-            if not due["last"]:
-                following = _due(run, val is not None, ahead=1)
-                reason = stopper.reason(following["val"], following["save"])
-                reason = agree(reason, run.ctx.distributed, run.device)
+        try:
+            while run.step < cfg.steps:
+                with stopper.timed("update"):
+                    asked = time.perf_counter()
+                    batch = next(batches)
+                    run.speed.waited(time.perf_counter() - asked)
+                    loss = train_step(run, to_device(batch, run.device))
+                due = _due(run, val is not None)
+                if rep.mode == "bar" and (run.step % display_every == 0 or due["last"]):
+                    rep.show(run.step, loss.item(), run.lr, per_update)
+                if due["log"]:
+                    log_train(run, rep)
+                if due["val"]:
+                    with stopper.timed("val"):
+                        validate(run, val, rep, best_path(ckpt))
+                if due["save"]:
+                    with stopper.timed("save"):
+                        save_run(run, ckpt, len(train_set))
+                reason = None if due["last"] else _stop_now(run, stopper, val is not None)
                 if reason is not None:
                     if not due["save"]:
                         save_run(run, ckpt, len(train_set))
                     rep.stopped(run.step, reason)
                     return reason
-        del batches  # stops the DataLoader workers
+        finally:
+            del batches  # stops the DataLoader workers
     return None
+
+
+def _stop_now(run: Run, stopper: Stopper, validates: bool) -> str | None:
+    """The stopper's decision before the next update, the same on every rank."""
+    following = _due(run, validates, ahead=1)
+    reason = stopper.reason(following["val"], following["save"])
+    return agree(reason, run.ctx.distributed, run.device)
 
 
 def _due(run: Run, validates: bool, ahead: int = 0) -> dict[str, bool]:
