@@ -117,3 +117,30 @@ def test_threads_default_to_the_cores_this_process_may_use(monkeypatch) -> None:
             prec.set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+class CountingDataset(TensorDictDataset):
+    """Counts how often each item is read."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.reads = [0] * n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        self.reads[i] += 1
+        return super().__getitem__(i)
+
+
+def test_item_cache_reads_each_item_once_and_changes_nothing(tmp_path: Path) -> None:
+    plain, cached = CountingDataset(8), CountingDataset(8)
+    a, b = TinyEngine(), TinyEngine()
+    fit(a, plain, None, config(steps=8, precision="fp32"), tmp_path / "a", progress=False)
+    fit(b, cached, None, config(steps=8, precision="fp32", cache_gb=1.0), tmp_path / "b",
+        progress=False)  # fmt: skip
+    assert plain.reads == [4] * 8 and cached.reads == [1] * 8  # 4 epochs of 8 items
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    item_bytes = sum(v.nbytes for v in cached[0].values())
+    small = CountingDataset(8)  # room for 3 items: the others are read every epoch
+    fit(TinyEngine(), small, None, config(steps=8, cache_gb=3.5 * item_bytes / 2**30),
+        tmp_path / "c", progress=False)  # fmt: skip
+    assert sorted(small.reads) == [1, 1, 1, 4, 4, 4, 4, 4]

@@ -48,6 +48,9 @@ class TrainConfig(BaseModel):
             "02:45:00". `synthbrain train --max-time` limits the whole command instead.
         curves: draw curves.png (losses and validation metrics against updates) in the run
             folder at every validation.
+        cache_gb: keep up to this many GiB of training items in memory after their first read
+            (0: none), for datasets whose items depend on the index alone; split between the
+            DataLoader workers, each holding its own cache.
         num_workers: DataLoader worker processes reading the data.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         find_unused_parameters: passed to DistributedDataParallel; only needed when a trainable
@@ -77,6 +80,7 @@ class TrainConfig(BaseModel):
     amp: bool | None = None
     max_time: float | None = None
     curves: bool = True
+    cache_gb: float = Field(default=0.0, ge=0)
     num_workers: int = Field(default=2, ge=0)
     device: str = "auto"
     find_unused_parameters: bool = False

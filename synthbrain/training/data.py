@@ -34,7 +34,44 @@ def train_loader(
     )
     # The loader's generator only seeds the worker processes (the sampler orders the data).
     workers = make_generator(derive_seed("workers", cfg.seed, ctx.rank, step))
+    if cfg.cache_gb > 0:  # each worker process holds its own cache: split the budget
+        dataset = ItemCache(dataset, cfg.cache_gb * 2**30 / max(cfg.num_workers, 1))
     return _loader(dataset, cfg, device, sampler=sampler, generator=workers)
+
+
+class ItemCache(Dataset):
+    """Keeps the items a dataset returns in memory, up to `max_bytes`, so every later epoch
+    reads them from memory instead of the HDF5 file.
+
+    Only for datasets whose item depends on its index alone (the engines' slice and lesion
+    datasets, which leave random crops and flips to the model): a dataset drawing a fresh
+    random crop per epoch would be frozen to its first draw. Once full, further items are read
+    as before (first come, first kept: with shuffled epochs any item is as likely as another).
+    """
+
+    def __init__(self, dataset: Dataset, max_bytes: float) -> None:
+        self.dataset, self.max_bytes = dataset, max_bytes
+        self.items: dict[int, Any] = {}
+        self.nbytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        found = self.items.get(index)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        item = self.dataset[index]
+        size = sum(v.nbytes for v in item.values() if isinstance(v, torch.Tensor))
+        if self.nbytes + size <= self.max_bytes:
+            # A private copy: the collated batch must not alias what the cache keeps.
+            self.items[index] = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                 for k, v in item.items()}  # fmt: skip
+            self.nbytes += size
+        return item
 
 
 def val_loader(
