@@ -223,47 +223,129 @@ def _stage_rates(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: stage[k] for k in keys if k in stage} for stage in stages]
 
 
-def generate(*, out: Path, engine: str | None = None, **options: Any) -> dict[str, Any]:
-    """Generate triplets (pathological image, lesion mask, healthy substrate) and a manifest."""
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """The options a caller gave (not None): each engine keeps its own default for the rest."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def generate(
+    *, out: Path, n: int | None = None, lesion: str | None = None, engine: str | None = None,
+    weights: str | None = None, batch_size: int = 1, steps: int | None = None,
+    sampler: str | None = None, eta: float | None = None, severity: float | None = None,
+    variants: int | None = None, anatomy: Path | None = None, masks: Path | str | None = None,
+    layout: str = "flat", preview: bool = False, shard: str | tuple[int, int] | None = None,
+    seed: int = 0, device: str = "auto", overwrite: bool = False, resume: bool = False,
+    spacing: str | None = None, precision: str | None = None, reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Generate `n` triplets (pathological image, lesion mask, healthy substrate) and a manifest.
+
+    Args:
+        out: the run folder, in `layout` (flat, bids, nnunet).
+        n, lesion, engine, weights: how many (default: the engine's, 10 paired / 1 deviation; the
+            CLI's is 10), of which lesion (default: the engine's, stroke / tumor), by which engine
+            (default deviation for tumor, else paired), which weights (default: the registered
+            ones for `lesion`).
+        batch_size, steps, sampler, spacing, precision: how the reverse process runs (None: the
+            engine's default; spacing and precision are paired-only).
+        eta, severity, variants, anatomy: deviation-only (given to paired: an InputError).
+        masks: a folder of lesion masks, or "phantom" for phantom lesion shapes.
+        preview: a tri-planar PNG per sample under previews/.
+        shard: "i/N" or (i, N); None reads Slurm's SLURM_ARRAY_* variables, else one shard.
+        seed: the run seed; sample k depends on derive_seed(seed, k) alone.
+        overwrite, resume: what to do with a folder holding a previous run.
+
+    Returns:
+        The JSON summary (written, skipped_finished, shard, weights, seconds, ...).
+    """  # fmt: skip
     from synthbrain.edit_inputs import check_generate
     from synthbrain.io.paths import is_phantom_masks
-
-    engine = engine or ("deviation" if options.get("lesion") == "tumor" else "paired")
-    check_generate(out=Path(out), engine=engine, **options)
-    if engine == "deviation" and is_phantom_masks(options.get("masks")):
-        options["masks"] = None  # the deviation engine's default mask source is the phantom's
     from synthbrain.runs.generate import resolve_shard, run_job
 
-    reporter = options.pop("reporter", None)
-    options["shard"] = resolve_shard(options.get("shard"))
+    options = _given({k: v for k, v in locals().items() if k not in ("out", "engine", "reporter")})
+    engine = engine or ("deviation" if lesion == "tumor" else "paired")
+    check_generate(out=Path(out), engine=engine, **options)
+    if engine == "deviation" and is_phantom_masks(masks):
+        options.pop("masks")  # the deviation engine's default mask source is the phantom's
+    options["shard"] = resolve_shard(shard)
     module = engines.load(engine, command="generate")
     return run_job(module.generate_job(out=Path(out), **options), reporter)
 
 
-def heal(*, scan: Path, engine: str | None = None, mask: Path | None = None, **options: Any):
-    """The healthy counterpart of `scan`, written on the scan's own grid."""
+def heal(
+    *, scan: Path, out: Path | None = None, mask: Path | None = None, engine: str | None = None,
+    weights: str | None = None, lesion: str | None = None, alpha0: float | None = None,
+    k: float | None = None, t_start: int | None = None, steps: int | None = None,
+    sampler: str | None = None, acg_target: str | None = None, in_template_space: bool = False,
+    resample_mask: bool = False, label: bool = False, images: dict[str, Path] | None = None,
+    contrast: str = "t1", resample: bool = False, seed: int = 0, device: str = "auto",
+    overwrite: bool = False, precision: str | None = None, reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """The healthy counterpart of `scan`, written on the scan's own grid (+ `<out>_editmask`).
+
+    Args:
+        scan, out: the input NIfTI and the output (default `<scan>_healed.nii.gz` beside it).
+        mask: the lesion to heal; with a mask the default engine is deviation, else paired.
+        weights, lesion: which weights (default: the engine's registered ones for `lesion`).
+        alpha0, k, t_start, steps, acg_target, in_template_space, precision: paired-only (ACG
+            strength and decay, edit start, steps; given to deviation: an InputError).
+        sampler, seed, device, overwrite: as for generate.
+        resample_mask, label, images, contrast, resample: how the inputs are read (see the CLI).
+    """  # fmt: skip
     from synthbrain.edit_inputs import check_edit
 
+    options = _given({k_: v for k_, v in locals().items() if k_ not in ("scan", "mask", "engine")})
     engine = engine or ("deviation" if mask is not None else "paired")
     inputs = check_edit(scan=scan, mask=mask, command="heal", engine=engine, **options)
     module = engines.load(engine, command="heal")
     return module.heal(inputs, **options)
 
 
-def implant(*, scan: Path, mask: Path, engine: str | None = None, **options: Any):
-    """The same anatomy as `scan` with the lesion of `mask` implanted."""
+def implant(
+    *, scan: Path, mask: Path, out: Path | None = None, engine: str | None = None,
+    weights: str | None = None, lesion: str | None = None, variants: int = 1,
+    severity: float | None = None, steps: int | None = None, sampler: str | None = None,
+    eta: float | None = None, in_template_space: bool = False, resample_mask: bool = False,
+    label: bool = False, images: dict[str, Path] | None = None, contrast: str = "t1",
+    resample: bool = False, seed: int = 0, device: str = "auto", overwrite: bool = False,
+    precision: str | None = None, reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """`scan` with the lesion of `mask` implanted, on the scan's own grid (+ `<out>_editmask`).
+
+    Args:
+        scan, mask, out: the healthy NIfTI, the lesion mask, the output (default
+            `<scan>_implant.nii.gz`).
+        engine: paired (default) or deviation; variants: K different lesions for the one mask.
+        severity, eta: deviation-only; in_template_space, precision: paired-only.
+        weights, lesion, steps, sampler, seed, device, overwrite: as for generate.
+        resample_mask, label, images, contrast, resample: how the inputs are read (see the CLI).
+    """  # fmt: skip
     from synthbrain.edit_inputs import check_edit
 
+    options = _given({k: v for k, v in locals().items() if k not in ("scan", "mask", "engine")})
     engine = engine or "paired"
     inputs = check_edit(scan=scan, mask=mask, command="implant", engine=engine, **options)
     module = engines.load(engine, command="implant")
     return module.implant(inputs, **options)
 
 
-def enhance(**options: Any) -> dict[str, Any]:
-    """A synthetic contrast-enhanced T1 and enhancing-tumour mask from T1, T2 and FLAIR."""
+def enhance(
+    *, t1: Path | None = None, t2: Path | None = None, flair: Path | None = None,
+    subject: Path | None = None, out: Path | None = None, mask_out: Path | None = None,
+    register: bool = False, weights: str | None = None, steps: int | None = None,
+    sampler: str | None = None, seed: int = 0, device: str = "auto", overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """A synthetic contrast-enhanced T1 and enhancing-tumour mask from T1, T2 and FLAIR (D3M).
+
+    Args:
+        t1, t2, flair: the three contrasts, or `subject`: a BraTS subject folder holding them.
+        out, mask_out: the T1Gd and (optional) enhancing-tumour mask, on T1's grid.
+        register: rigidly register T2 and FLAIR onto T1 first (else they must share its grid).
+        weights, steps, sampler, seed, device, overwrite: as for generate.
+    """  # fmt: skip
     from synthbrain.edit_inputs import check_enhance
 
+    options = _given(dict(locals()))
     inputs = check_enhance(**options)
     module = engines.load("deformation", command="enhance")
     return module.enhance(inputs, **options)
