@@ -257,11 +257,11 @@ def generate(
     Returns:
         The JSON summary (written, skipped_finished, shard, weights, seconds, ...).
     """  # fmt: skip
+    options = _given({k: v for k, v in locals().items() if k not in ("out", "engine", "reporter")})
     from synthbrain.edit_inputs import check_generate
     from synthbrain.io.paths import is_phantom_masks
     from synthbrain.runs.generate import resolve_shard, run_job
 
-    options = _given({k: v for k, v in locals().items() if k not in ("out", "engine", "reporter")})
     engine = engine or ("deviation" if lesion == "tumor" else "paired")
     check_generate(out=Path(out), engine=engine, **options)
     if engine == "deviation" and is_phantom_masks(masks):
@@ -291,9 +291,9 @@ def heal(
         sampler, seed, device, overwrite: as for generate.
         resample_mask, label, images, contrast, resample: how the inputs are read (see the CLI).
     """  # fmt: skip
+    options = _given({k_: v for k_, v in locals().items() if k_ not in ("scan", "mask", "engine")})
     from synthbrain.edit_inputs import check_edit
 
-    options = _given({k_: v for k_, v in locals().items() if k_ not in ("scan", "mask", "engine")})
     engine = engine or ("deviation" if mask is not None else "paired")
     inputs = check_edit(scan=scan, mask=mask, command="heal", engine=engine, **options)
     module = engines.load(engine, command="heal")
@@ -319,9 +319,9 @@ def implant(
         weights, lesion, steps, sampler, seed, device, overwrite: as for generate.
         resample_mask, label, images, contrast, resample: how the inputs are read (see the CLI).
     """  # fmt: skip
+    options = _given({k: v for k, v in locals().items() if k not in ("scan", "mask", "engine")})
     from synthbrain.edit_inputs import check_edit
 
-    options = _given({k: v for k, v in locals().items() if k not in ("scan", "mask", "engine")})
     engine = engine or "paired"
     inputs = check_edit(scan=scan, mask=mask, command="implant", engine=engine, **options)
     module = engines.load(engine, command="implant")
@@ -343,9 +343,9 @@ def enhance(
         register: rigidly register T2 and FLAIR onto T1 first (else they must share its grid).
         weights, steps, sampler, seed, device, overwrite: as for generate.
     """  # fmt: skip
+    options = _given(dict(locals()))  # first: the parameters only, before any import below
     from synthbrain.edit_inputs import check_enhance
 
-    options = _given(dict(locals()))
     inputs = check_enhance(**options)
     module = engines.load("deformation", command="enhance")
     return module.enhance(inputs, **options)

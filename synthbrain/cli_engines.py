@@ -20,7 +20,6 @@ from synthbrain.cli_options import (
     _reporter,
     app,
 )
-from synthbrain.edit_inputs import ENGINE_ONLY
 
 Engine = Annotated[str | None, typer.Option(help="paired | deviation (default: by command).")]
 Weights = Annotated[
@@ -169,18 +168,17 @@ def _resume_command(given: dict[str, Any]) -> str:
     return shlex.join([*args, "--resume"])
 
 
-# Options only some engines read: passed on only when given on the command line, so that
-# edit_inputs.check_engine_options can refuse them for an engine that does not read them.
-ENGINE_SPECIFIC = frozenset(key for table in ENGINE_ONLY.values() for key in table)
-
-
 def _call(ctx: typer.Context, command: str, values: dict[str, Any]) -> None:
     """Run api.<command> with a command's parameters and print its summary.
 
     Unset options (None) are not passed, so each engine keeps its own default.
     """
     from synthbrain import api
+    from synthbrain.engines.options import engine_specific
 
+    # Options only some engines read go on only when given on the command line, so that the
+    # engine's option model can refuse them for an engine that does not read them.
+    specific = engine_specific()
     values = {k: v for k, v in values.items() if k != "ctx"}
     report = _reporter(values.pop("quiet"), values.pop("json_"), values.pop("progress"))
     if "image" in values:
@@ -189,7 +187,7 @@ def _call(ctx: typer.Context, command: str, values: dict[str, Any]) -> None:
     defaulted = {k for k in values if getattr(ctx.get_parameter_source(k), "name", "") == "DEFAULT"}
     kwargs = {
         k: v for k, v in values.items()
-        if v is not None and not (k in ENGINE_SPECIFIC and k in defaulted)
+        if v is not None and not (k in specific and k in defaulted)
     }  # fmt: skip
     report.summary(getattr(api, command)(**kwargs, reporter=report))
 

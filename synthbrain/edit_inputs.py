@@ -71,7 +71,7 @@ def check_edit(
     """Validate heal/implant inputs: readable scan, binary mask on its grid, a safe output path.
 
     Options the api was not given are absent (or None); one that the engine does not read is an
-    error (see ENGINE_ONLY), as is a --lesion that disagrees with --weights.
+    error (see synthbrain.engines.options), as is a --lesion that disagrees with --weights.
     """
     from synthbrain import engines
     from synthbrain.io.nifti import load_volume
@@ -143,39 +143,11 @@ def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: b
     check_writable(out, folder=True, what="run folder")
 
 
-# Options only some engines read, per command: api keyword -> (CLI flag, the engines that read it).
-# Giving one to another engine is an error rather than an option silently ignored.
-ENGINE_ONLY: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
-    "implant": {
-        "severity": ("--severity", ("deviation",)),
-        "eta": ("--eta", ("deviation",)),
-        "in_template_space": ("--in-template-space", ("paired",)),
-    },
-    "heal": {
-        "alpha0": ("--alpha0", ("paired",)),
-        "k": ("--k", ("paired",)),
-        "t_start": ("--t-start", ("paired",)),
-        "steps": ("--steps", ("paired",)),  # the deviation engine heals in one pass (f_sub)
-        "in_template_space": ("--in-template-space", ("paired",)),
-    },
-    "generate": {
-        "severity": ("--severity", ("deviation",)),
-        "variants": ("--variants", ("deviation",)),
-        "eta": ("--eta", ("deviation",)),
-        "anatomy": ("--anatomy", ("deviation",)),
-    },
-}
-
-
 def check_engine_options(engine: str, command: str, options: dict[str, Any]) -> None:
-    """Refuse an option the engine does not read (given: not None, and not a False flag)."""
-    for key, (flag, readers) in ENGINE_ONLY.get(command, {}).items():
-        value = options.get(key)
-        if value is not None and value is not False and engine not in readers:
-            raise InputError(
-                f"{flag} does not apply to `{command} --engine {engine}` "
-                f"(only to --engine {' or '.join(readers)}); drop it or change the engine"
-            )
+    """Refuse an option the engine does not read (see synthbrain.engines.options)."""
+    from synthbrain.engines.options import check_options
+
+    check_options(engine, command, options)
 
 
 MAX_VARIANTS = 64  # lesions per mask in one call: beyond this it is a typo, not a request
