@@ -295,9 +295,11 @@ def heal(
     from synthbrain.edit_inputs import check_edit
 
     engine = engine or ("deviation" if mask is not None else "paired")
+    from synthbrain.runs.edit import write_edit
+
     inputs = check_edit(scan=scan, mask=mask, command="heal", engine=engine, **options)
     module = engines.load(engine, command="heal")
-    return module.heal(inputs, **options)
+    return write_edit(module.heal(inputs, **options))
 
 
 def implant(
@@ -323,9 +325,11 @@ def implant(
     from synthbrain.edit_inputs import check_edit
 
     engine = engine or "paired"
+    from synthbrain.runs.edit import write_edit
+
     inputs = check_edit(scan=scan, mask=mask, command="implant", engine=engine, **options)
     module = engines.load(engine, command="implant")
-    return module.implant(inputs, **options)
+    return write_edit(module.implant(inputs, **options))
 
 
 def enhance(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from test_outputs import CONFIG, sample
 
@@ -56,3 +57,18 @@ def test_shard_from_text_pair_or_slurm(monkeypatch):
 def test_sample_ids_keep_each_commands_old_scheme():
     assert [sample_id(kind, 7) for kind in ("paired", "deviation", "phantom")] == [
         "synth00007", "synth_00007", "phantom00007"]  # fmt: skip
+
+
+def test_edit_writes_every_output_then_the_edit_mask(tmp_path):
+    from synthbrain.io.samples import EditJob
+    from synthbrain.runs.edit import write_edit
+
+    vols = sample(0)
+    outputs = [(vols["image"], tmp_path / "o.nii.gz", np.float32),
+               (vols["healthy"], tmp_path / "o_flair.nii.gz", None)]  # fmt: skip
+    job = EditJob(outputs, (vols["mask"], tmp_path / "o_editmask.nii.gz"), lambda w: {"w": w})
+    written = write_edit(job)["w"]
+    assert [p.rsplit("/", 1)[1] for p in written] == [
+        "o.nii.gz", "o_flair.nii.gz", "o_editmask.nii.gz"]  # fmt: skip
+    stamps = [(tmp_path / p.rsplit("/", 1)[1]).stat().st_mtime_ns for p in written]
+    assert stamps == sorted(stamps)

@@ -102,3 +102,19 @@ class GenerateJob:
     batch_size: int = 1
     preview: bool = False
     after: Callable[[Any], None] | None = None
+
+
+@dataclass
+class EditJob:
+    """A heal / implant result as an engine describes it; `synthbrain.runs.edit.write_edit`
+    writes it (each file atomically, the edit mask last) and returns `summary(written paths)`.
+
+    Attributes:
+        outputs: (volume on the scan's grid, path, dtype or None for the volume's own) per file.
+        editmask: the voxels the edit may have changed, and its path.
+        summary: the written paths (outputs then edit mask) -> the command's JSON summary.
+    """
+
+    outputs: list[tuple[Any, Path, Any]]
+    editmask: tuple[Any, Path]
+    summary: Callable[[list[str]], dict[str, Any]]

@@ -23,7 +23,7 @@ from synthbrain.engines.deviation.tensors import (  # the model API, re-exported
 )
 
 if TYPE_CHECKING:
-    from synthbrain.io.samples import GenerateJob
+    from synthbrain.io.samples import EditJob, GenerateJob
 
 
 def train(**options: Any) -> dict[str, Any]:
@@ -41,14 +41,14 @@ def generate_job(**options: Any) -> GenerateJob:
     return job(**options)
 
 
-def implant(inputs: Any, **options: Any) -> dict[str, Any]:
+def implant(inputs: Any, **options: Any) -> EditJob:
     """`synthbrain implant --engine deviation`: see `deviation.run.implant`."""
     from synthbrain.engines.deviation.run import implant as run
 
     return run(inputs, **options)
 
 
-def heal(inputs: Any, **options: Any) -> dict[str, Any]:
+def heal(inputs: Any, **options: Any) -> EditJob:
     """`synthbrain heal --engine deviation --mask M`: see `deviation.run.heal`."""
     from synthbrain.engines.deviation.run import heal as run
 

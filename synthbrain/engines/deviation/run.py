@@ -7,6 +7,7 @@ user's mask ∧ brain) are copied from the input bit for bit.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from synthbrain.engines.deviation.tensors import (
     unbatch,
 )
 from synthbrain.errors import InputError
+from synthbrain.io.samples import EditJob
 from synthbrain.progress import Reporter
 
 DEFAULT_LESION = "tumor"
@@ -178,19 +180,19 @@ def check_outputs(paths: dict, inputs: list[Path], overwrite: bool) -> None:
         check_output_file(path, inputs, overwrite)
 
 
-def write_outputs(subject: Subject, results: list[dict[str, np.ndarray]], paths: dict) -> list:
-    """Save every variant and contrast on its input's grid, and the edit mask; return paths."""
-    from synthbrain.io.nifti import Volume, save_volume
+def edit_job(subject: Subject, results: list[dict[str, np.ndarray]], paths: dict,
+             summary: Callable[[list[str]], dict]) -> EditJob:  # fmt: skip
+    """Every variant and contrast on its input's grid, and the edit mask, to be written."""
+    from synthbrain.io.nifti import Volume
 
-    written = []
+    outputs = []
     for k, result in enumerate(results):
         for name, data in result.items():
             src = subject.volumes[name]
-            written.append(save_volume(Volume(data, src.affine, src.header), paths[(k, name)]))
+            outputs.append((Volume(data, src.affine, src.header), paths[(k, name)], None))
     ref = subject.reference
     mask = Volume(subject.mask.astype(np.uint8), ref.affine, ref.header)
-    written.append(save_volume(mask, paths[("editmask", "")]))
-    return [str(p) for p in written]
+    return EditJob(outputs, (mask, paths[("editmask", "")]), summary)
 
 
 def _prepare(inputs: Any, options: dict[str, Any], command: str) -> tuple[Bundle, Subject]:
@@ -224,7 +226,7 @@ def _eta(bundle: Bundle, options: dict[str, Any]) -> float:
     return float(bundle.model.config.sampling.eta if eta is None else eta)
 
 
-def implant(inputs: Any, **options: Any) -> dict[str, Any]:
+def implant(inputs: Any, **options: Any) -> EditJob:
     """Implant K different lesions for the mask into the scan (and its other contrasts).
 
     Options (as the CLI names them): weights, variants (K), severity (s in [0, 2]), steps,
@@ -248,15 +250,18 @@ def implant(inputs: Any, **options: Any) -> dict[str, Any]:
             steps=options.get("steps"), sampler=options.get("sampler"), eta=options.get("eta"),
             advance=advance,
         )  # fmt: skip
-    written = write_outputs(subject, results, paths)
     from synthbrain.rng import derive_seed
 
     seeds = [derive_seed(seed, k) for k in range(variants)]
-    return _summary(bundle, subject, written, started, variants=variants, severity=severity,
-                    seed=seed, variant_seeds=seeds, eta=_eta(bundle, options), **facts)  # fmt: skip
+    extra = {"variants": variants, "severity": severity, "seed": seed, "variant_seeds": seeds,
+             "eta": _eta(bundle, options), **facts}  # fmt: skip
+    def summary(written: list[str]) -> dict:
+        return _summary(bundle, subject, written, started, **extra)
+
+    return edit_job(subject, results, paths, summary)
 
 
-def heal(inputs: Any, **options: Any) -> dict[str, Any]:
+def heal(inputs: Any, **options: Any) -> EditJob:
     """Write the substrate (the input off the mask, f_sub on it) as the healed scan.
 
     Options: weights, device, overwrite, reporter, lesion; the contrasts are `inputs.images`.
@@ -268,5 +273,7 @@ def heal(inputs: Any, **options: Any) -> dict[str, Any]:
     sources = [v.path for v in subject.volumes.values()] + [inputs.mask.path]
     check_outputs(paths, [p for p in sources if p is not None], bool(options.get("overwrite")))
     results, facts = edit_subject(bundle.model, subject, mode="heal")
-    written = write_outputs(subject, results, paths)
-    return _summary(bundle, subject, written, started, **facts)
+    def summary(written: list[str]) -> dict:
+        return _summary(bundle, subject, written, started, **facts)
+
+    return edit_job(subject, results, paths, summary)

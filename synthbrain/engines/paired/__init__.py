@@ -22,7 +22,7 @@ from synthbrain.engines.paired.model import (  # the model API, re-exported
 )
 
 if TYPE_CHECKING:
-    from synthbrain.io.samples import GenerateJob
+    from synthbrain.io.samples import EditJob, GenerateJob
 
 
 def train(**options: Any) -> dict[str, Any]:
@@ -40,14 +40,14 @@ def generate_job(**options: Any) -> GenerateJob:
     return job(**options)
 
 
-def heal(inputs: Any, **options: Any) -> dict[str, Any]:
+def heal(inputs: Any, **options: Any) -> EditJob:
     """`synthbrain heal`: the healthy counterpart of `inputs.scan` (see `paired.scan.run_edit`)."""
     from synthbrain.engines.paired.scan import run_edit
 
     return run_edit("heal", inputs, **options)
 
 
-def implant(inputs: Any, **options: Any) -> dict[str, Any]:
+def implant(inputs: Any, **options: Any) -> EditJob:
     """`synthbrain implant`: `inputs.scan` with the lesion of `inputs.mask` (see `run_edit`)."""
     from synthbrain.engines.paired.scan import run_edit
 

@@ -25,6 +25,8 @@ from synthbrain.engines.paired.run import (
     load_bundle,
 )
 from synthbrain.errors import InputError
+from synthbrain.io.geometry import Volume
+from synthbrain.io.samples import EditJob
 from synthbrain.progress import Reporter
 from synthbrain.spatial.template import ScanOnGrid, mask_to_grid, scan_to_grid
 
@@ -93,7 +95,7 @@ def run_edit(
     precision: str | None = None,
     reporter: Reporter | None = None,
     **_: Any,
-) -> dict[str, Any]:
+) -> EditJob:
     """Heal (mask optional) or implant (mask required) a scan; every input is checked first.
 
     Args:
@@ -134,13 +136,15 @@ def run_edit(
     acg = ACGSettings(alpha0, k, t_start, acg_target, eta)  # type: ignore[arg-type]
     results, recon = edit_images(bundle, sg.image, sg.brain, mask, kind, n, run, acg, t_start, seed)
     weight = edit_weight(results[0], recon, sg.brain, mask, cfg.lesion_sign)
-    written = _write(results, weight, sg, volumes[0], images, editmask_path)
-    return {
+    outputs, region = _outputs(results, weight, sg, volumes[0], images)
+    source = volumes[0]
+    editmask = Volume(region.astype(np.uint8), source.affine.copy(), source.header, None)
+    summary = {
         "engine": "paired",
         "task": kind,
         "out": [str(p) for p in images],
         "editmask": str(editmask_path),
-        "edited_voxels": written,
+        "edited_voxels": int(region.sum()),
         "weights": bundle.name,
         "weights_sha256": bundle.sha256,
         "registration": _registration(sg),
@@ -152,8 +156,13 @@ def run_edit(
         "acg_target": acg_target,
         "seed": seed,
         "device": str(bundle.device),
-        "seconds": round(time.perf_counter() - started, 2),
     }
+    return EditJob(outputs, (editmask, editmask_path), lambda _: _timed(summary, started))
+
+
+def _timed(summary: dict[str, Any], started: float) -> dict[str, Any]:
+    """The summary with the seconds the whole edit took, writing included."""
+    return {**summary, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def edit_weight(
@@ -225,26 +234,18 @@ def edit_images(
     return results, recon
 
 
-def _write(
-    results: list[np.ndarray],
-    weight: np.ndarray,
-    sg: ScanOnGrid,
-    source: Any,
-    images: list[Path],
-    editmask_path: Path,
-) -> int:
-    """Blend each result into the scan and write it, then the edit mask; returns its voxels."""
-    from synthbrain.io.nifti import Volume, save_volume
-
+def _outputs(
+    results: list[np.ndarray], weight: np.ndarray, sg: ScanOnGrid, source: Any, images: list[Path]
+) -> tuple[list[tuple[Any, Path, Any]], np.ndarray]:
+    """Each result blended into the scan (float32, to write), and the edited region."""
     region = None
+    outputs = []
     for result, path in zip(results, images, strict=True):
         data, w = back_to_scan(result[0], weight, sg, source)
-        save_volume(Volume(data, source.affine.copy(), source.header, None), path, dtype=np.float32)
+        outputs.append((Volume(data, source.affine.copy(), source.header, None), path, np.float32))
         region = w > 0
     assert region is not None
-    editmask = Volume(region.astype(np.uint8), source.affine.copy(), source.header, None)
-    save_volume(editmask, editmask_path)
-    return int(region.sum())
+    return outputs, region
 
 
 def _registration(sg: ScanOnGrid) -> dict[str, Any] | str:
