@@ -120,18 +120,8 @@ def run_edit(
     if not 1 <= t_start < bundle.model.schedule.T:
         top = bundle.model.schedule.T - 1
         raise InputError(f"--t-start must lie in [1, {top}], got {t_start}")
-    volumes = _contrast_volumes(inputs, bundle, contrast)
-    reporter.info("registering to MNI152" if not in_template_space else "scan in MNI152 space")
+    volumes, sg, mask = _onto_grid(inputs, bundle, contrast, in_template_space, seed, reporter)
     cfg = bundle.model.config
-    sg = scan_to_grid(
-        volumes,
-        cfg.spacing,
-        cfg.grid,
-        in_template_space=in_template_space,
-        seed=seed,
-        t1_weighted=cfg.contrasts[0] in ("t1", "t1gd"),
-    )
-    mask = mask_to_grid(inputs.mask, sg) if inputs.mask is not None else None
     run = SamplerSettings(sampler, steps or DEFAULT_STEPS, "linspace", 0.0, bundle.precision)
     acg = ACGSettings(alpha0, k, t_start, acg_target, eta)  # type: ignore[arg-type]
     results, recon = edit_images(bundle, sg.image, sg.brain, mask, kind, n, run, acg, t_start, seed)
@@ -140,29 +130,34 @@ def run_edit(
     source = volumes[0]
     editmask = Volume(region.astype(np.uint8), source.affine.copy(), source.header, None)
     summary = {
-        "engine": "paired",
-        "task": kind,
-        "out": [str(p) for p in images],
-        "editmask": str(editmask_path),
-        "edited_voxels": int(region.sum()),
-        "weights": bundle.name,
-        "weights_sha256": bundle.sha256,
-        "registration": _registration(sg),
-        "t_start": t_start,
-        "steps": run.steps,
-        "sampler": sampler,
-        "alpha0": alpha0,
-        "k": k,
-        "acg_target": acg_target,
-        "seed": seed,
-        "device": str(bundle.device),
-    }
+        "engine": "paired", "task": kind, "out": [str(p) for p in images],
+        "editmask": str(editmask_path), "edited_voxels": int(region.sum()),
+        "weights": bundle.name, "weights_sha256": bundle.sha256, "registration": _registration(sg),
+        "t_start": t_start, "steps": run.steps, "sampler": sampler, "alpha0": alpha0, "k": k,
+        "acg_target": acg_target, "seed": seed, "device": str(bundle.device),
+    }  # fmt: skip
     return EditJob(outputs, (editmask, editmask_path), lambda _: _timed(summary, started))
 
 
 def _timed(summary: dict[str, Any], started: float) -> dict[str, Any]:
     """The summary with the seconds the whole edit took, writing included."""
     return {**summary, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _onto_grid(
+    inputs: Any, bundle: Bundle, contrast: str, in_template_space: bool, seed: int,
+    reporter: Reporter,
+) -> tuple[list, ScanOnGrid, np.ndarray | None]:
+    """The scan's contrasts, the scan on the model grid, and the mask there (None without)."""
+    volumes = _contrast_volumes(inputs, bundle, contrast)
+    reporter.info("registering to MNI152" if not in_template_space else "scan in MNI152 space")
+    cfg = bundle.model.config
+    sg = scan_to_grid(
+        volumes, cfg.spacing, cfg.grid, in_template_space=in_template_space, seed=seed,
+        t1_weighted=cfg.contrasts[0] in ("t1", "t1gd"),
+    )  # fmt: skip
+    mask = mask_to_grid(inputs.mask, sg) if inputs.mask is not None else None
+    return volumes, sg, mask
 
 
 def edit_weight(
