@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from synthbrain.cli_options import (
+from synthbrain.cli.options import (
     Json,
     Layout,
     Overwrite,

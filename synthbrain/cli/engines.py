@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from synthbrain.cli_options import (
+from synthbrain.cli.options import (
     Device,
     Json,
     Layout,

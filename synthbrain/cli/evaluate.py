@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from synthbrain.cli_options import Device, Json, Progress, Quiet, Seed, _reporter, app
+from synthbrain.cli.options import Device, Json, Progress, Quiet, Seed, _reporter, app
 
 
 def _table(report: Any, summary: dict) -> None:

@@ -1,8 +1,8 @@
 """synthbrain command-line interface: parse, validate, call `synthbrain.api`, report. No maths here.
 
 torch and the heavy libraries are imported inside the commands, so `synthbrain --help` is instant.
-The app and shared options live in `cli_options`, the commands in `cli_data`, `cli_engines`
-and `cli_eval`; this module, the entry point, only imports them (nothing imports it back).
+The app and shared options live in `cli.options`, the commands in `cli.data`, `cli.engines`
+and `cli.evaluate`; this module, the entry point, only imports them (nothing imports it back).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import traceback
 import typer
 
 # The command modules register their commands on `app` when imported, in --help order.
-from synthbrain import cli_data, cli_engines, cli_eval  # noqa: F401
-from synthbrain.cli_options import _state, app
+from synthbrain.cli import data, engines, evaluate  # noqa: F401
+from synthbrain.cli.options import _state, app
 from synthbrain.errors import SynthbrainError
 
 # Typer ships its own copy of click; take the exception classes from the copy it raises.

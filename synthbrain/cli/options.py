@@ -1,7 +1,7 @@
 """The CLI's app, its sub-apps and the option aliases and parsers every command module shares.
 
-Kept apart from `synthbrain.cli` (the entry point) so the command modules import it, not the
-entry point that imports them: no import cycle. Only typer is imported here (fast --help).
+Kept apart from `synthbrain.cli.app` (the entry point) so the command modules import it, not
+the entry point that imports them: no import cycle. Only typer is imported here (fast --help).
 """
 
 from __future__ import annotations
