@@ -120,3 +120,32 @@ def test_lesion_items_carry_the_stored_substrate(tmp_path):
     lesion = item["mask"][0] > 0
     assert torch.allclose(item["images"][:, lesion] - item["healthy"][:, lesion],
                           torch.tensor(0.4))  # fmt: skip
+
+
+def test_train_selects_the_substrate_by_validation_l1(tmp_path):
+    """A tiny residual run with select_by = val_sub_l1 exports the best validated weights."""
+    import json
+
+    from synthbrain.engines.deviation.training import train
+    from synthbrain.io.dataset import H5Writer
+
+    rng, grid = np.random.default_rng(0), (20, 20, 4)
+    writer = H5Writer(tmp_path / "set.h5", contrasts=["t1", "flair"], spacing=[2.0] * 3,
+                      grid=list(grid), label_names={"background": 0, "lesion": 1},
+                      label_convention="binary")  # fmt: skip
+    for i in range(4):
+        healthy = rng.random((2, *grid)).astype(np.float32) * 0.5
+        labels = np.zeros(grid, np.uint8)
+        labels[6:12, 6:12, 1:3] = 1
+        writer.add_subject(f"s{i}", images=healthy + 0.4 * labels, healthy=healthy,
+                           brain_mask=np.ones(grid, np.uint8), labels=labels)  # fmt: skip
+    writer.finish(split_fractions=(0.5, 0.5, 0.0), seed=0, slices=True)
+    overrides = {**TINY, "train.num_workers": 0, "train.val_batches": 1, "train.warmup": 1,
+                 "train.val_every": 1, "train.select_by": "val_sub_l1",
+                 "train.higher_is_better": False}  # fmt: skip
+    summary = train(data=tmp_path / "set.h5", out=tmp_path / "run", steps=3, batch_size=2,
+                    device="cpu", overrides=overrides)  # fmt: skip
+    vals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    vals = [r for r in vals if r["kind"] == "val"]
+    assert len(vals) == 3 and all(r["val_inp_l1"] > 0 for r in vals)
+    assert summary["best"]["value"] == pytest.approx(min(r["val_sub_l1"] for r in vals))
