@@ -213,3 +213,14 @@ def test_nnunet_segmenter_needs_nnunetv2(folders, tmp_path, capsys, monkeypatch)
     assert both["numTraining"] == 6 + 8  # 10 reference minus 4 held out, plus 8 synthetic
     assert len(list((out / "nnunet" / "test" / "labelsTs").glob("*.nii.gz"))) == 4
     assert "nnUNetv2_train 903 3d_fullres all" in (out / "nnunet" / "commands.sh").read_text()
+
+
+def test_run_contrasts_come_from_the_weights_entry(tmp_path):
+    from synthbrain.evaluation.sources import open_run
+
+    synth = write_run(tmp_path / "s", 2)
+    config = json.loads((synth / "config.json").read_text())
+    del config["contrasts"]
+    config["weights"] = "deviation-stroke-2mm"  # registry: contrasts t1, flair
+    (synth / "config.json").write_text(json.dumps(config))
+    assert open_run(synth).contrasts == ("t1", "flair")

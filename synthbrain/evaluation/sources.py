@@ -57,11 +57,11 @@ def _run_contrasts(records: list[dict], config: dict) -> tuple[str, ...]:
         return tuple(named)
     weights = config.get("weights") or records[0].get("weights")
     if weights:
-        from synthbrain import api
+        from synthbrain.weights import registry
 
-        for row in api.weights_table():
-            if row.get("name") == weights and row.get("contrasts"):
-                return tuple(row["contrasts"])
+        entry = registry().get(str(weights))
+        if entry is not None:
+            return tuple(entry.contrasts)
     keys = [k.partition("_")[2] for k in records[0]["files"] if k.startswith("image_")]
     return tuple(keys) or ("image",)
 
