@@ -54,7 +54,7 @@ def evaluate(
     downstream: Annotated[
         bool, typer.Option(help="Also train a segmenter on reference / synthetic / both.")
     ] = False,
-    quick: Annotated[bool, typer.Option(help="CPU-sized --downstream (150 updates).")] = False,
+    quick: Annotated[bool, typer.Option(help="CPU-sized --downstream (600 updates).")] = False,
     segmenter: Annotated[
         str, typer.Option(help="unet (built in) | nnunet (writes nnU-Net v2 datasets).")
     ] = "unet",
