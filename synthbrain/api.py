@@ -18,6 +18,7 @@ from synthbrain.progress import Reporter
 
 __all__ = [
     "enhance",
+    "evaluate",
     "generate",
     "heal",
     "implant",
@@ -353,6 +354,18 @@ def enhance(
     inputs = check_enhance(**options)
     module = engines.load("deformation", command="enhance")
     return module.enhance(inputs, **options)
+
+
+def evaluate(*, synth: Path, reference: str, out: Path, reporter: Reporter | None = None,
+             **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Report on a generated run against a reference, optionally --downstream (docs/evaluate.md).
+
+    Every input is checked (manifest and sha256, masks, grids, case counts) before `out` is
+    written. Options: downstream, quick, segmenter, seed, bootstrap, device.
+    """
+    from synthbrain.evaluation import evaluate as run_evaluation
+
+    return run_evaluation(Path(synth), reference, Path(out), reporter=reporter, **options)
 
 
 def weights_table() -> list[dict[str, Any]]:

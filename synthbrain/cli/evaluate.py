@@ -69,12 +69,12 @@ def evaluate(
 
     Example: synthbrain evaluate synth/ --reference phantom:100 --out report/
     """
-    from synthbrain.evaluation import evaluate as run_evaluation
+    from synthbrain import api
 
     report = _reporter(quiet, json_, progress)
-    summary = run_evaluation(synth, reference, out, downstream=downstream, quick=quick,
-                             segmenter=segmenter, seed=seed, bootstrap=bootstrap, device=device,
-                             reporter=report)  # fmt: skip
+    summary = api.evaluate(synth=synth, reference=reference, out=out, downstream=downstream,
+                           quick=quick, segmenter=segmenter, seed=seed, bootstrap=bootstrap,
+                           device=device, reporter=report)  # fmt: skip
     if json_:
         report.summary(summary)
     elif not quiet:
