@@ -224,3 +224,24 @@ def test_run_contrasts_come_from_the_weights_entry(tmp_path):
     config["weights"] = "deviation-stroke-2mm"  # registry: contrasts t1, flair
     (synth / "config.json").write_text(json.dumps(config))
     assert open_run(synth).contrasts == ("t1", "flair")
+
+
+def test_hdf5_reference(folders, tmp_path):
+    from evalfolders import triplet
+
+    from synthbrain.evaluation import evaluate
+    from synthbrain.io.h5format import H5Writer
+
+    _, synth, _ = folders
+    path = tmp_path / "ref.h5"
+    with H5Writer(path, contrasts=["t1"], spacing=2.0, grid=(24, 24, 24),
+                  label_names={"lesion": 1}, label_convention="binary") as writer:  # fmt: skip
+        for k in range(4):
+            t = triplet(50 + k, 2.5, 0.15)
+            labels = t["mask"].astype(np.uint8)
+            writer.add_subject(f"s{k}", t["image"][None], t["image"] > 0, labels=labels,
+                               attrs={"affine": AFFINE})  # fmt: skip
+        writer.finish()
+    s = evaluate(synth, str(path), tmp_path / "r", bootstrap=20)
+    assert s["inputs"]["n_reference"] == 4 and s["volume"]["reference"]["n"] == 4
+    assert s["volume"]["reference"]["median"] > 0
