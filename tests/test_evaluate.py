@@ -245,3 +245,21 @@ def test_hdf5_reference(folders, tmp_path):
     s = evaluate(synth, str(path), tmp_path / "r", bootstrap=20)
     assert s["inputs"]["n_reference"] == 4 and s["volume"]["reference"]["n"] == 4
     assert s["volume"]["reference"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_generate_run_against_held_out_phantoms(tmp_path, capsys):
+    """A real (tiny) generate run of the embedded paired weights against phantom:3."""
+    gen, out = tmp_path / "gen", tmp_path / "report"
+    code, _, err = run(["generate", "--n", "2", "--engine", "paired", "--lesion", "stroke",
+                        "--masks", "phantom", "--steps", "2", "--out", str(gen), "-q"],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    code, stdout, err = run(["evaluate", str(gen), "--reference", "phantom:3", "--out", str(out),
+                             "--json", "--bootstrap", "50"], capsys)  # fmt: skip
+    assert code == 0, err
+    s = json.loads(stdout)
+    assert s["inputs"]["contrasts"] == [["t1", "t1"]] and s["inputs"]["grid_shape"] == [96, 112, 96]
+    c = s["consistency"]
+    assert c["n"] == 2 and c["geometry_identical"] == 2 and c["healthy_outside_seam_exact"] == 2
+    assert s["volume"]["reference"]["n"] == 3 and (out / "index.html").is_file()
