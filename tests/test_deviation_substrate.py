@@ -149,3 +149,24 @@ def test_train_selects_the_substrate_by_validation_l1(tmp_path):
     vals = [r for r in vals if r["kind"] == "val"]
     assert len(vals) == 3 and all(r["val_inp_l1"] > 0 for r in vals)
     assert summary["best"]["value"] == pytest.approx(min(r["val_sub_l1"] for r in vals))
+
+
+def test_residual_implant_exact_off_mask_variants_differ_seeds_reproduce():
+    from synthbrain.engines.deviation.tensors import element_generators, implant_tensors
+
+    model = residual_model()
+    with torch.no_grad():  # zero-initialised heads would predict ε̂ = 0 everywhere
+        for net in (model.denoiser, model.substrate):
+            for p in net.heads.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    data = batch(3)
+    x, m, a = data["images"], data["mask"], torch.ones(3, 2)
+    first = implant_tensors(model, x, m, a, element_generators(7, 3), steps=4)
+    again = implant_tensors(model, x, m, a, element_generators(7, 3), steps=4)["image"]
+    other = implant_tensors(model, x, m, a, element_generators(8, 3), steps=4)["image"]
+    off = m.expand_as(x) == 0
+    assert torch.equal(first["image"][off], x[off]) and torch.equal(other[off], x[off])
+    assert torch.count_nonzero(first["deviation"][off]) == 0  # the projection keeps r at 0 off m
+    assert torch.equal(first["image"], again)
+    assert (first["image"] - other).abs().max() > 1e-4
+    assert not torch.equal(first["substrate"], harmonic_fill(x, m))  # the correction acts
