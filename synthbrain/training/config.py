@@ -134,5 +134,5 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         if device.index >= torch.cuda.device_count():
             raise InputError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
     elif device.type != "cpu":
-        raise InputError(f"device {name!r} is not supported for training (use cpu or cuda)")
+        raise InputError(f"device {name!r} is not supported (use auto, cpu, cuda or cuda:N)")
     return device
