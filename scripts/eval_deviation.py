@@ -52,7 +52,7 @@ def held_out(k: int, seed: int, lesion: str, config) -> dict:  # noqa: ANN001
     """Held-out phantom subject k: healthy and true subjects on one lesion box."""
     from synthbrain.io.dataset import lesion_mask_from_labels
     from synthbrain.phantom import draw_subject, make_subject
-    from synthbrain.phantom_run import label_names
+    from synthbrain.phantom.lesions import label_names
     from synthbrain.rng import derive_seed, generator_for
 
     params = draw_subject(generator_for(derive_seed(seed, k)), lesion=lesion,
