@@ -7,9 +7,8 @@ binary mask average-pooled by `mask_pool`, then folded into channels (space-to-d
 4 / mask_pool, scaled to [-1, 1] (our reading; see docs/paired.md). The joint diffusion state is
 one tensor, channels [x, y], so the shared sampling loop drives it.
 
-This module knows no files. The samplers and guidance hooks are in `paired_guidance`, training in
-`paired_train`, the file-level commands in `paired_run`; `train`, `generate`, `heal` and `implant`
-below forward to them so `synthbrain.engines.load("paired")` finds them here.
+This module knows no files: samplers and guidance hooks are in `guidance`, training in `training`,
+validation metrics in `validation`, the commands in the package `__init__`.
 """
 
 from __future__ import annotations
@@ -279,6 +278,12 @@ class PairedModel(nn.Module):
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         """Route to training_step (DDP syncs gradients through forward)."""
         return self.training_step(batch, generator)
+
+    def validation_step(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict:
+        """Losses plus the task metrics of engines.paired.validation (lesion Dice, brain PSNR)."""
+        from synthbrain.engines.paired.validation import validation_metrics
+
+        return validation_metrics(self, batch, generator)
 
     def training_step(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict:
         """The stage's loss: autoencoder_loss, or L_lesion + L_brain (Eq. 10–11)."""
