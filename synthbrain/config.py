@@ -87,17 +87,46 @@ def load_file(path: Path) -> dict[str, Any]:
 
 
 def resolve(
-    model: type[Model], file: Path | None = None, overrides: dict[str, Any] | None = None
+    model: type[Model],
+    file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    partial_tables: tuple[str, ...] = (),
 ) -> Model:
-    """Merge a config file and command-line overrides (None = not given) into a validated model."""
+    """Merge a config file and command-line overrides (None = not given) into a validated model.
+
+    The one config loader of every command and engine. Override keys may be dotted
+    ("train.steps" sets key steps of table [train]). A table named in `partial_tables` may set
+    only some of its keys in the file: the rest keep the model's default for that table (the
+    engines' [train] tables, whose TrainConfig has required fields).
+    """
     values: dict[str, Any] = load_file(file) if file is not None else {}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for table in partial_tables:
+        defaults = model.model_fields[table].default.model_dump()
+        values[table] = {**defaults, **values.get(table, {})}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(values, key, value)
+    return validated(model, values, file)
+
+
+def validated(model: type[Model], values: dict[str, Any], file: Path | None = None) -> Model:
+    """`model` from `values`; the first problem as a one-line InputError naming `file`."""
     try:
         return model.model_validate(values)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise InputError(f"invalid setting {where}: {first['msg']}", file) from None
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """values["a"]["b"] = value for key "a.b" (tables created as needed)."""
+    *parents, leaf = key.split(".")
+    target = values
+    for parent in parents:
+        target = target.setdefault(parent, {})
+    target[leaf] = value
 
 
 def to_json_dict(config: BaseModel) -> dict[str, Any]:

@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synthbrain.errors import InputError
 from synthbrain.training.config import TrainConfig
 
 INPUT_CONTRASTS = ("t1", "t2", "flair")
@@ -183,15 +182,6 @@ class DeformationConfig(BaseModel):
         return self.model_dump(mode="json", exclude={"train"})
 
 
-def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
-    """values["a"]["b"] = value for key "a.b" (tables created as needed)."""
-    *parents, leaf = key.split(".")
-    target = values
-    for parent in parents:
-        target = target.setdefault(parent, {})
-    target[leaf] = value
-
-
 def load_config(
     file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> DeformationConfig:
@@ -200,17 +190,6 @@ def load_config(
     A ``[train]`` table may set only some keys: the rest keep the engine's defaults.
     Overrides whose value is None are ignored (an option the user did not give).
     """
-    from synthbrain.config import load_file
+    from synthbrain.config import resolve
 
-    values: dict[str, Any] = load_file(file) if file is not None else {}
-    defaults = DeformationConfig.model_fields["train"].default.model_dump()
-    values["train"] = {**defaults, **values.get("train", {})}
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(values, key, value)
-    try:
-        return DeformationConfig.model_validate(values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise InputError(f"invalid setting {where}: {first['msg']}", file) from None
+    return resolve(DeformationConfig, file, overrides, partial_tables=("train",))

@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synthbrain.errors import InputError
 from synthbrain.training.config import TrainConfig
 
 CONTRASTS = ("t1", "t1gd", "t2", "flair")
@@ -147,26 +146,8 @@ class DeviationConfig(BaseModel):
 def load_config(
     file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> DeviationConfig:
-    """A DeviationConfig from a TOML/JSON file and overrides ("train.steps" style dotted keys)."""
-    from pydantic import ValidationError
+    """A DeviationConfig from a TOML/JSON file and overrides ("train.steps" style dotted keys);
+    a [train] table may set only some keys (the rest keep the engine's defaults)."""
+    from synthbrain.config import resolve
 
-    from synthbrain.config import load_file
-
-    values: dict[str, Any] = load_file(file) if file is not None else {}
-    # a [train] table may set only some keys: the rest keep the engine's defaults
-    defaults = DeviationConfig.model_fields["train"].default.model_dump()
-    values["train"] = {**defaults, **values.get("train", {})}
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        *parents, leaf = key.split(".")
-        target = values
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    try:
-        return DeviationConfig.model_validate(values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise InputError(f"invalid setting {where}: {first['msg']}", file) from None
+    return resolve(DeviationConfig, file, overrides, partial_tables=("train",))

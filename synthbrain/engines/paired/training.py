@@ -73,15 +73,9 @@ class PairedTrainConfig(BaseModel):
 
 def load_train_config(path: Path | None, **overrides: Any) -> PairedTrainConfig:
     """The config file (or defaults) with --steps / --batch-size / --seed / --device applied."""
-    from synthbrain.config import load_file
+    from synthbrain.config import resolve
 
-    values = load_file(path) if path is not None else {}
-    try:
-        cfg = PairedTrainConfig.model_validate(values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid setting {where}: {first['msg']}", path) from None
+    cfg = resolve(PairedTrainConfig, path)
     for stage in (cfg.autoencoder, cfg.diffusion):
         for key, value in overrides.items():
             if value is not None:
