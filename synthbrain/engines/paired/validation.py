@@ -4,7 +4,8 @@ The loss of the lesion branch is dominated by the ~99 % of its entries that are 
 it says little about whether the branch draws lesions. What decides that is measured directly:
 the lesion branch's one-step estimate x̂0 from the true state noised to t (the image latent
 noised alike) is thresholded at 0.5 and scored by Dice against the true mask, at t = 100, 300
-and 500 (the probe of docs/paired.md, here on the latent validation examples). The brain branch
+and 500 of a 1000-step schedule (the probe of docs/paired.md, here on the latent validation
+examples; a shorter schedule is probed at the same fractions of its length). The brain branch
 is scored by the PSNR of its one-step image-latent estimate, conditioned on the true lesion state.
 """
 
@@ -31,7 +32,7 @@ def validation_metrics(model, batch: dict[str, Tensor], generator: torch.Generat
     has_lesion = truth.flatten(1).any(1)
     dices = []
     for t_val in DICE_T:
-        t = torch.full((z.shape[0],), t_val, device=z.device)
+        t = _timesteps(model, t_val, z)
         x_t = q_sample(model.schedule, x, t, _randn(x, generator))
         y_t = q_sample(model.schedule, z, t, _randn(z, generator))
         x_hat = model.x0_from(x_t, t, model.lesion_out(x_t, y_t, t).float()).clamp(-1, 1)
@@ -55,11 +56,18 @@ def _dice(pred: Tensor, truth: Tensor, keep: Tensor) -> float:
 
 def _brain_psnr(model, z: Tensor, x: Tensor, generator: torch.Generator) -> float:  # noqa: ANN001
     """PSNR (peak 2: latents live in about [-1, 1]) of the brain branch's ŷ0 at BRAIN_T."""
-    t = torch.full((z.shape[0],), BRAIN_T, device=z.device)
+    t = _timesteps(model, BRAIN_T, z)
     y_t = q_sample(model.schedule, z, t, _randn(z, generator))
     y_hat = model.x0_from(y_t, t, model.brain_out(y_t, x, t).float())
     mse = float(((y_hat - z) ** 2).mean())
     return 10.0 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def _timesteps(model, t_of_1000: int, like: Tensor) -> Tensor:  # noqa: ANN001
+    """t_of_1000 at the same fraction of the model's schedule, one per example."""
+    T = model.schedule.T
+    t = min(T - 1, round(t_of_1000 * T / 1000))
+    return torch.full((like.shape[0],), t, device=like.device)
 
 
 def _randn(like: Tensor, generator: torch.Generator) -> Tensor:
