@@ -23,6 +23,7 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -341,11 +342,57 @@ def verify(entry: WeightsEntry, *, download: bool = False) -> tuple[bool, str]:
     return False, f"not available locally{hint}"
 
 
+@dataclass(frozen=True)
+class EngineWeights:
+    """One engine's weights file, read: its name, file, sha256, config and float32 tensors.
+
+    `registered` says whether `name` is a registry entry (else it is the file's stem).
+    """
+
+    engine: str
+    name: str
+    path: Path
+    sha256: str
+    registered: bool
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+    state: dict[str, Any]
+
+
+def load_engine_weights(
+    engine: str, weights: str | os.PathLike[str] | None = None, *, lesion: str | None = None
+) -> EngineWeights:
+    """The one weights loader of the engines: `weights` (a registry name or a file), else the
+    registered weights of `engine` for `lesion`, checked to be `engine`'s and to carry its config.
+
+    Raises:
+        WeightsError: unknown name, missing or corrupt file, wrong sha256, another engine's file;
+        EngineUnavailable: no registered weights of `engine` for `lesion`.
+    """
+    if weights is None:
+        entry: WeightsEntry | None = entry_for_lesion(engine, str(lesion))
+        path = resolve_entry(entry)
+    else:
+        path = resolve(weights)
+        entry = registry().get(os.fspath(weights))
+    meta = read_metadata(path) if path.suffix == ".safetensors" else {}
+    config = meta.get("config")
+    if meta.get("engine") != engine or not isinstance(config, dict):
+        raise WeightsError(f"not {engine}-engine weights (no {engine} config in the file)", path)
+    return EngineWeights(
+        engine, entry.name if entry else path.stem, path,
+        entry.sha256 if entry else sha256_file(path), entry is not None, config, meta,
+        {k: v.float() for k, v in load_state(path).items()},
+    )  # fmt: skip
+
+
 __all__ = [
+    "EngineWeights",
     "WeightsEntry",
     "WeightsError",
     "cache_dir",
     "entry_for_lesion",
+    "load_engine_weights",
     "load_registry_file",
     "load_state",
     "lookup",

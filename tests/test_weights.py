@@ -283,3 +283,40 @@ def test_save_state_bytes_reproducible(tmp_path):
         digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
     assert len(digests) == 1  # a reproducing command can reproduce the sha256
     assert read_metadata(tmp_path / "w0.safetensors")["config"] == {"width": 8}
+
+
+# ---------------------------------------------------------------- the one engine loader
+def _engine_file(path: Path, engine: str) -> Path:
+    weights.save_state(
+        {"w": torch.ones(2, dtype=torch.bfloat16)}, path,
+        metadata={"engine": engine, "config": {"width": 4}},
+    )  # fmt: skip
+    return path
+
+
+def test_load_engine_weights_reads_a_file(isolated, tmp_path):
+    path = _engine_file(tmp_path / "mine.safetensors", "paired")
+    loaded = weights.load_engine_weights("paired", path)
+    assert (loaded.name, loaded.registered, loaded.config) == ("mine", False, {"width": 4})
+    assert loaded.state["w"].dtype == torch.float32
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_load_engine_weights_refuses_another_engines_file(isolated, tmp_path):
+    path = _engine_file(tmp_path / "dev.safetensors", "deviation")
+    with pytest.raises(WeightsError, match="not paired-engine weights") as info:
+        weights.load_engine_weights("paired", path)
+    assert "dev.safetensors" in str(info.value)
+
+
+def test_load_engine_weights_by_registered_name(isolated, tmp_path):
+    builtin, package = isolated
+    path = _engine_file(package / "w1.safetensors", "paired")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    builtin.write_text(entry_toml("w1", sha256=digest))
+    by_name = weights.load_engine_weights("paired", "w1")
+    by_lesion = weights.load_engine_weights("paired", lesion="stroke")
+    assert by_name.registered and by_lesion.registered
+    assert by_name.path == by_lesion.path == path and by_name.sha256 == digest
+    with pytest.raises(EngineUnavailable):
+        weights.load_engine_weights("paired", lesion="wmh")

@@ -47,26 +47,22 @@ def load_model(weights: str | Path | None = None) -> tuple[DeformationModel, dic
         (model in eval mode on the CPU, {"name", "path", "sha256", "enhancing_label"}).
 
     Raises:
-        WeightsError: unknown name, missing file, wrong sha256; InputError: not D3M weights.
+        WeightsError: unknown name, missing file, wrong sha256, not D3M weights.
     """
-    from synthbrain.io.outputs import sha256_file
-    from synthbrain.weights import load_state, read_metadata, resolve
+    from synthbrain.weights import load_engine_weights
 
     name = str(weights) if weights is not None else DEFAULT_WEIGHTS
-    path = resolve(name)
-    meta = read_metadata(path) if path.suffix == ".safetensors" else {}
-    if meta.get("engine") != "deformation" or "config" not in meta:
-        raise InputError("not deformation-engine (D3M) weights: no engine/config metadata", path)
+    loaded = load_engine_weights("deformation", name)
+    meta = loaded.metadata
     config = DeformationConfig.model_validate(meta["config"])
     model = DeformationModel(config, int(meta.get("enhancing_label", OUTPUT_LABEL)))
-    state = {k: v.float() for k, v in load_state(path).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(loaded.state, strict=False)
     if missing or unexpected:
         raise InputError(
             f"weights do not fit their own config (missing {missing[:3]}, extra {unexpected[:3]})",
-            path,
+            loaded.path,
         )
-    info = {"name": name, "path": str(path), "sha256": sha256_file(path)}
+    info = {"name": name, "path": str(loaded.path), "sha256": loaded.sha256}
     info["enhancing_label"] = model.enhancing_label
     return model.eval(), info
 

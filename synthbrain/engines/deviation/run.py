@@ -51,15 +51,15 @@ class Bundle:
 
 def model_from_file(path: Path, device: torch.device | str = "cpu") -> DeviationModel:
     """Rebuild a DeviationModel from a weights file (its config is in the file's metadata)."""
-    from synthbrain.weights import WeightsError, load_state, read_metadata
+    from synthbrain.weights import load_engine_weights
 
-    meta = read_metadata(path)
-    config = meta.get("config")
-    if meta.get("engine") != "deviation" or not isinstance(config, dict):
-        raise WeightsError("not deviation-engine weights (no deviation config in the file)", path)
-    model = DeviationModel(DeviationConfig.model_validate(config))
-    state = load_state(path)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return _model_of(load_engine_weights("deviation", path), device)
+
+
+def _model_of(loaded: Any, device: torch.device | str) -> DeviationModel:
+    """The eval-mode DeviationModel of a `weights.EngineWeights`, on `device`."""
+    model = DeviationModel(DeviationConfig.model_validate(loaded.config))
+    model.load_state_dict(loaded.state)
     return model.to(device).eval()
 
 
@@ -81,21 +81,13 @@ def load_bundle(
     weights: str | Path | None, *, lesion: str | None = None, device: str = "auto"
 ) -> Bundle:
     """The model for --weights (a registry name or a file), or the default for `lesion`."""
-    from synthbrain import weights as registry
-    from synthbrain.io.outputs import sha256_file
     from synthbrain.training.config import resolve_device
+    from synthbrain.weights import load_engine_weights
 
-    dev = resolve_device(device)
-    if weights is None:
-        entry = registry.entry_for_lesion("deviation", lesion or DEFAULT_LESION)
-        path, name, sha = registry.resolve_entry(entry), entry.name, entry.sha256
-    else:
-        path = registry.resolve(weights)
-        entries = registry.registry()
-        named = entries.get(str(weights))
-        name = named.name if named is not None else Path(path).name
-        sha = named.sha256 if named is not None else sha256_file(path)
-    return Bundle(model_from_file(path, dev), name, sha, Path(path))
+    loaded = load_engine_weights("deviation", weights, lesion=lesion or DEFAULT_LESION)
+    # an unregistered file is named with its suffix, as the manifests written before said
+    name = loaded.name if loaded.registered else loaded.path.name
+    return Bundle(_model_of(loaded, resolve_device(device)), name, loaded.sha256, loaded.path)
 
 
 def _device_of(model: DeviationModel) -> torch.device:

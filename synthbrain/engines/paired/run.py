@@ -23,7 +23,6 @@ from synthbrain.engines.paired.guidance import (
     substrate_steps,
 )
 from synthbrain.engines.paired.model import PairedConfig, PairedModel
-from synthbrain.errors import InputError
 from synthbrain.training.config import resolve_device
 
 DEFAULT_STEPS = 50
@@ -50,23 +49,12 @@ def load_bundle(
 
     precision: "fp32" or "bf16" (default: bf16 autocast on CUDA, fp32 on the CPU).
     """
-    from synthbrain import weights as registry
-    from synthbrain.io.outputs import sha256_file
+    from synthbrain.weights import load_engine_weights
 
-    if weights is None:
-        entry = registry.entry_for_lesion("paired", lesion)
-        path, name, sha = registry.resolve_entry(entry), entry.name, entry.sha256
-    else:
-        path = registry.resolve(weights)
-        known = registry.registry()
-        name = weights if weights in known else path.stem
-        sha = sha256_file(path)
-    meta = registry.read_metadata(path)
-    if meta.get("engine") != "paired" or "config" not in meta:
-        raise InputError("not a paired-engine weights file (no paired config in it)", path)
-    model = PairedModel(PairedConfig.model_validate(meta["config"]))
-    state = registry.load_state(path)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    loaded = load_engine_weights("paired", weights, lesion=lesion)
+    model = PairedModel(PairedConfig.model_validate(loaded.config))
+    model.load_state_dict(loaded.state)
+    name, path, sha = loaded.name, loaded.path, loaded.sha256
     dev = resolve_device(device)
     precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
     model.batch_invariant = dev.type == "cpu"
