@@ -192,6 +192,7 @@ def train(
     from synthbrain.training.config import resolve_device
     from synthbrain.training.options import command_options, parse_duration
     from synthbrain.training.precision import resolve_precision, set_threads
+    from synthbrain.training.request import TrainRequest
     from synthbrain.training.stopping import TrainingStopped, catch_stop_signals
 
     engines.check_name(engine)
@@ -205,11 +206,11 @@ def train(
     module = engines.load(engine, command="train")
     with command_options(precision, seconds) as options, catch_stop_signals():
         try:
-            summary = module.train(
+            summary = module.train(TrainRequest(
                 data=Path(data), out=Path(out), config_file=config_file, steps=steps,
                 batch_size=batch_size, resume=resume, device=device, seed=seed,
                 reporter=reporter or Reporter(quiet=True),
-            )  # fmt: skip
+            ))  # fmt: skip
         except TrainingStopped as stop:
             summary = {"engine": engine, "out": str(out), "stopped": stop.reason, **stop.summary}
     wall = time.monotonic() - options.started

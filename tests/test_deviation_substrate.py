@@ -10,6 +10,7 @@ import torch
 from synthbrain.engines.deviation.config import load_config
 from synthbrain.engines.deviation.ops import harmonic_fill, masked_mean
 from synthbrain.engines.deviation.tensors import DeviationModel, heal_tensors
+from synthbrain.training.request import TrainRequest
 
 TINY = {
     "contrasts": ["t1", "flair"],
@@ -143,8 +144,8 @@ def test_train_selects_the_substrate_by_validation_l1(tmp_path):
     overrides = {**TINY, "train.num_workers": 0, "train.val_batches": 1, "train.warmup": 1,
                  "train.val_every": 1, "train.select_by": "val_sub_l1",
                  "train.higher_is_better": False}  # fmt: skip
-    summary = train(data=tmp_path / "set.h5", out=tmp_path / "run", steps=3, batch_size=2,
-                    device="cpu", overrides=overrides)  # fmt: skip
+    summary = train(TrainRequest(data=tmp_path / "set.h5", out=tmp_path / "run", steps=3,
+                                 batch_size=2, device="cpu", overrides=overrides))  # fmt: skip
     vals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     vals = [r for r in vals if r["kind"] == "val"]
     assert len(vals) == 3 and all(r["val_inp_l1"] > 0 for r in vals)

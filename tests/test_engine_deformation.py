@@ -33,6 +33,7 @@ from synthbrain.engines.deformation.data import (
 from synthbrain.engines.deformation.volume import enhance_volume, slice_stack
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import H5Writer, SliceDataset
+from synthbrain.training.request import TrainRequest
 
 GRID = (16, 16, 8)
 TINY = {
@@ -306,10 +307,10 @@ def tiny_weights(tmp_path_factory) -> Path:
     from synthbrain.engines.deformation import run as deformation_run
 
     root = tmp_path_factory.mktemp("d3m")
-    summary = deformation_run.train(
+    summary = deformation_run.train(TrainRequest(
         data=make_h5(root / "set.h5"), out=root / "run", steps=2, batch_size=4, device="cpu",
         overrides=TINY,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert summary["step"] == 2 and summary["label_convention"] == "brats2023"
     return Path(summary["exported"])
 

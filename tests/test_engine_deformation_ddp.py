@@ -9,14 +9,15 @@ import pytest
 from test_engine_deformation import TINY, make_h5
 
 from synthbrain.train import launch_local
+from synthbrain.training.request import TrainRequest
 
 
 def _train(data: str, out: str) -> None:
     """One rank: the engine's own train command (fit joins the process group)."""
     from synthbrain.engines.deformation import run as deformation_run
 
-    deformation_run.train(data=Path(data), out=Path(out), steps=2, batch_size=2, device="cpu",
-                          overrides=TINY)  # fmt: skip
+    deformation_run.train(TrainRequest(data=Path(data), out=Path(out), steps=2, batch_size=2,
+                                       device="cpu", overrides=TINY))  # fmt: skip
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from synthbrain.engines.deviation.run import save_weights
 from synthbrain.engines.deviation.tensors import DeviationModel
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import load_volume
+from synthbrain.training.request import TrainRequest
 from tests.niftis import (
     AFFINE_LPS,
     AFFINE_OBLIQUE,
@@ -222,11 +223,11 @@ def test_train_tiny_set_then_implant(tmp_path):
     overrides = {**TINY, "train.num_workers": 0, "train.val_batches": 1, "train.warmup": 1}
     from synthbrain.engines.deviation.training import train
 
-    summary = train(data=tmp_path / "set.h5", out=tmp_path / "run", steps=2, batch_size=2,
-                    device="cpu", overrides=overrides)  # fmt: skip
+    summary = train(TrainRequest(data=tmp_path / "set.h5", out=tmp_path / "run", steps=2,
+                                 batch_size=2, device="cpu", overrides=overrides))  # fmt: skip
     assert summary["step"] == 2 and (tmp_path / "run" / "main.safetensors").is_file()
     t1, _, mask = scan_files(tmp_path, AFFINE_LPS)
     implant(t1, mask, tmp_path / "o.nii.gz", tmp_path / "run" / "main.safetensors")
     with pytest.raises(InputError, match="lacks contrast.*t1gd"):
-        train(data=tmp_path / "set.h5", out=tmp_path / "run2", steps=1, batch_size=1,
-              device="cpu", overrides={**overrides, "contrasts": ["t1", "t1gd"]})  # fmt: skip
+        train(TrainRequest(data=tmp_path / "set.h5", out=tmp_path / "run2", steps=1, batch_size=1,
+                           device="cpu", overrides={**overrides, "contrasts": ["t1", "t1gd"]}))

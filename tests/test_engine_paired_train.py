@@ -17,6 +17,7 @@ from synthbrain.engines.paired import training as paired_train
 from synthbrain.engines.paired.entry import entry_name
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import H5Writer
+from synthbrain.training.request import TrainRequest
 from synthbrain.weights import read_metadata, registry, resolve
 
 GRID = (16, 16, 16)
@@ -97,8 +98,8 @@ def trained(mixed_set, tmp_path_factory) -> dict:
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.delenv("SYNTHBRAIN_WEIGHTS", raising=False)
     folder = tmp_path_factory.mktemp("runs")
-    summary = paired_train.train(data=mixed_set, out=folder / "paired-stroke-2mm",
-                                 config_file=write_config(folder / "tiny.toml"))  # fmt: skip
+    summary = paired_train.train(TrainRequest(data=mixed_set, out=folder / "paired-stroke-2mm",
+                                 config_file=write_config(folder / "tiny.toml")))  # fmt: skip
     monkeypatch.undo()
     return summary
 
@@ -119,7 +120,7 @@ def test_set_without_lesions_is_refused_before_writing(tmp_path):
     data = make_h5(tmp_path / "healthy.h5", ["none", "none"])
     config = write_config(tmp_path / "tiny.toml")
     with pytest.raises(InputError, match="no subject has a lesion") as err:
-        paired_train.train(data=data, out=tmp_path / "run", config_file=config)
+        paired_train.train(TrainRequest(data=data, out=tmp_path / "run", config_file=config))
     assert str(data) in str(err.value)
     with pytest.raises(InputError, match="no subject has a lesion"):  # [model] lesion too
         paired_train.model_config_for(data, {"lesion": "stroke"})
@@ -251,8 +252,8 @@ def test_haar_run_trains_no_autoencoder_and_its_weights_load(mixed_set, tmp_path
     toml = toml.replace("[diffusion]\n", "[diffusion]\nlesion_weight = 20.0\nmin_snr_gamma = 5.0\n")
     config = tmp_path / "haar.toml"
     config.write_text(toml)
-    summary = paired_train.train(data=mixed_set, out=tmp_path / "paired-stroke-haar",
-                                 config_file=config)  # fmt: skip
+    summary = paired_train.train(TrainRequest(data=mixed_set, out=tmp_path / "paired-stroke-haar",
+                                 config_file=config))  # fmt: skip
     assert summary["autoencoder"]["step"] is None
     bundle = load_bundle(summary["weights"], "stroke", device="cpu")
     model = bundle.model

@@ -20,6 +20,7 @@ from synthbrain.diffusion.schedule import (
     x0_from_eps,
     x0_from_v,
 )
+from synthbrain.diffusion.settings import SamplerSettings
 from synthbrain.diffusion.spacing import Spacing, start_from, steps_for, timesteps, timesteps_for
 from synthbrain.diffusion.steps import DPMSolverPP2M, ddim_sigma, ddim_step, ddpm_step
 
@@ -31,6 +32,7 @@ __all__ = [
     "Hook",
     "Parameterization",
     "Sampler",
+    "SamplerSettings",
     "Schedule",
     "ScheduleKind",
     "Spacing",

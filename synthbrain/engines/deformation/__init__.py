@@ -7,7 +7,7 @@ commands. The functions below are what `synthbrain.engines.load("deformation")` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthbrain.engines.deformation.model import (  # the model API, re-exported
     MASK,
@@ -17,12 +17,15 @@ from synthbrain.engines.deformation.model import (  # the model API, re-exported
 )
 from synthbrain.errors import InputError
 
+if TYPE_CHECKING:
+    from synthbrain.training.request import TrainRequest
 
-def train(**options: Any) -> dict[str, Any]:
+
+def train(request: TrainRequest) -> dict[str, Any]:
     """`synthbrain train --engine deformation` (see `deformation.run.train`)."""
     from synthbrain.engines.deformation import run as deformation_run
 
-    return deformation_run.train(**options)
+    return deformation_run.train(request)
 
 
 def enhance(inputs: Any, **options: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from synthbrain.engines.deformation.data import (
 from synthbrain.engines.deformation.model import DeformationModel
 from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
+from synthbrain.training.request import TrainRequest
 
 DEFAULT_WEIGHTS = "deformation-glioma-2mm"
 OUTPUT_CONVENTION = "brats2023"
@@ -79,31 +80,13 @@ def export_weights(source: Path, target: Path) -> Path:
 # ---------------------------------------------------------------------- train
 
 
-def train(
-    *,
-    data: Path,
-    out: Path,
-    config_file: Path | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    resume: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    reporter: Reporter | None = None,
-    overrides: dict[str, Any] | None = None,
-    **_: Any,
-) -> dict[str, Any]:
+def train(request: TrainRequest) -> dict[str, Any]:
     """Train D3M on an HDF5 set with T1, T2, FLAIR, T1Gd and BraTS tumour labels.
 
-    Args:
-        data: the HDF5 file (`preprocess` or `phantom --hdf5 --slices`).
-        out: run folder: checkpoints/, metrics.jsonl, main.safetensors (fp32 EMA) and
-            deformation.safetensors (fp16, what `enhance --weights` loads).
-        config_file: a TOML like examples/configs/deformation-*.toml.
-        steps, batch_size, device, seed: override the config's [train] values.
-        resume: continue from out/checkpoints/last.pt.
-        reporter: progress and messages (the label convention used is always reported).
-        overrides: more dotted config keys (e.g. {"context": 0}), used by scripts/tests.
+    The request's data is the HDF5 file (`preprocess` or `phantom --hdf5 --slices`); its run
+    folder gets checkpoints/, metrics.jsonl, main.safetensors (fp32 EMA) and
+    deformation.safetensors (fp16, what `enhance --weights` loads); its config file is a TOML
+    like examples/configs/deformation-*.toml. The label convention used is always reported.
 
     Returns:
         fit's summary plus the exported file, its sha256, the parameter count and the labels.
@@ -112,10 +95,8 @@ def train(
     from synthbrain.io.outputs import sha256_file
     from synthbrain.train import fit, is_main_process
 
-    reporter = reporter or Reporter(quiet=True)
-    values = {"train.steps": steps, "train.batch_size": batch_size, "train.seed": seed}
-    values["train.device"] = device
-    config = load_config(config_file, {**(overrides or {}), **values})
+    reporter, data, out = request.progress(), request.data, request.out
+    config = load_config(request.config_file, request.train_overrides())
     info = read_info(data)
     config = config.model_copy(
         update={"grid": tuple(info["grid"]), "spacing": float(info["spacing"][0])}
@@ -128,10 +109,9 @@ def train(
     model = DeformationModel(config, label)
     meta = {"engine": "deformation", "config": config.model_dict(), **describe(label, convention,
             source), "training_data": Path(data).name}  # fmt: skip
-    out = Path(out)
     summary = fit(
         model, train_set, val_set if len(val_set) else None, config.train, out,
-        resume=resume, progress=reporter.show_progress, metadata=meta,
+        resume=request.resume, progress=reporter.show_progress, metadata=meta,
     )  # fmt: skip
     summary.update(params=sum(p.numel() for p in model.parameters()),
                    **describe(label, convention, source))  # fmt: skip

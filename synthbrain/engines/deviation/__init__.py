@@ -24,13 +24,14 @@ from synthbrain.engines.deviation.tensors import (  # the model API, re-exported
 
 if TYPE_CHECKING:
     from synthbrain.io.samples import EditJob, GenerateJob
+    from synthbrain.training.request import TrainRequest
 
 
-def train(**options: Any) -> dict[str, Any]:
-    """`synthbrain train --engine deviation`: see `deviation.train.train`."""
+def train(request: TrainRequest) -> dict[str, Any]:
+    """`synthbrain train --engine deviation`: see `deviation.training.train`."""
     from synthbrain.engines.deviation.training import train as run
 
-    return run(**options)
+    return run(request)
 
 
 def generate_job(**options: Any) -> GenerateJob:

@@ -18,6 +18,7 @@ import torch
 from synthbrain.engines.deviation.config import DeviationConfig, load_config
 from synthbrain.errors import InputError
 from synthbrain.io.h5format import LazyH5
+from synthbrain.training.request import TrainRequest
 
 
 def contrast_channels(path: Path, wanted: tuple[str, ...]) -> list[int]:
@@ -107,48 +108,29 @@ class LesionItems(LazyH5, torch.utils.data.Dataset):
         return item
 
 
-def train(
-    *,
-    data: Path,
-    out: Path,
-    config_file: Path | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    resume: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    reporter: Any = None,
-    overrides: dict[str, Any] | None = None,
-    **_: Any,
-) -> dict[str, Any]:
+def train(request: TrainRequest) -> dict[str, Any]:
     """Fit f_sub and ε_θ jointly (Eq. 15) on an HDF5 set; resumable, DDP-ready (torchrun).
 
-    Args:
-        data: the HDF5 set; it must hold the config's contrasts.
-        out: run folder: checkpoints/, metrics.jsonl, main.safetensors (EMA weights with the
-            config in their metadata: usable as --weights), config.json.
-        config_file: TOML/JSON (examples/configs/deviation-*.toml); steps, batch_size, device,
-            seed override its [train] table.
-        overrides: more settings as dotted keys (e.g. {"space": "image"}).
+    The request's HDF5 set must hold the config's contrasts; its run folder gets checkpoints/,
+    metrics.jsonl, main.safetensors (EMA weights with the config in their metadata: usable as
+    --weights) and config.json; its config file is a TOML/JSON like
+    examples/configs/deviation-*.toml, and its overrides are dotted keys (e.g. {"space": "image"}).
     """
     from synthbrain.engines.deviation.model import DeviationModel
     from synthbrain.io.outputs import atomic_write_json
     from synthbrain.train import fit
 
-    dotted = {"train.steps": steps, "train.batch_size": batch_size, "train.device": device,
-              "train.seed": seed, **(overrides or {})}  # fmt: skip
-    config = load_config(config_file, dotted)
+    data, out = request.data, request.out
+    config = load_config(request.config_file, request.train_overrides())
     train_set = LesionItems(data, "train", config)
     if len(train_set) == 0:
         raise InputError("the training split holds no lesion voxels for the chosen labels", data)
     val_set = LesionItems(data, "val", config)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", config.model_dump(mode="json"))
-    show = bool(getattr(reporter, "show_progress", False))
     summary = fit(
         DeviationModel(config), train_set, val_set if len(val_set) else None, config.train, out,
-        resume=resume, progress=show,
+        resume=request.resume, progress=request.progress().show_progress,
         metadata={"engine": "deviation", "config": config.model_dict()},
     )  # fmt: skip
     summary.update({"engine": "deviation", "items": len(train_set), "data": str(data)})

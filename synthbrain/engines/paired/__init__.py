@@ -23,13 +23,14 @@ from synthbrain.engines.paired.model import (  # the model API, re-exported
 
 if TYPE_CHECKING:
     from synthbrain.io.samples import EditJob, GenerateJob
+    from synthbrain.training.request import TrainRequest
 
 
-def train(**options: Any) -> dict[str, Any]:
-    """`synthbrain train --engine paired` (see `paired.train.train`)."""
+def train(request: TrainRequest) -> dict[str, Any]:
+    """`synthbrain train --engine paired` (see `paired.training.train`)."""
     from synthbrain.engines.paired.training import train as run
 
-    return run(**options)
+    return run(request)
 
 
 def generate_job(**options: Any) -> GenerateJob:

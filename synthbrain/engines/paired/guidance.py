@@ -28,6 +28,7 @@ from torch import Tensor
 from synthbrain.diffusion import (
     Generators,
     Hook,
+    SamplerSettings,
     StepState,
     eps_from_x0,
     noise_like,
@@ -35,7 +36,6 @@ from synthbrain.diffusion import (
     randn,
     sample,
     start_from,
-    timesteps,
 )
 from synthbrain.engines.paired.model import PairedModel
 
@@ -169,17 +169,6 @@ class AnatomyConsistency(Hook):
         )
 
 
-@dataclass
-class SamplerSettings:
-    """How the loop runs: sampler, number of steps, timestep spacing, DDIM η, precision."""
-
-    sampler: str = "ddim"
-    steps: int = 50
-    spacing: str = "linspace"
-    eta: float = 0.0
-    precision: str = "fp32"
-
-
 def _latent_shape(model: PairedModel, batch: int) -> tuple[int, ...]:
     """[B, Cx + Cz, *latent grid] of the joint state."""
     c = model.config
@@ -188,9 +177,7 @@ def _latent_shape(model: PairedModel, batch: int) -> tuple[int, ...]:
 
 def _steps(model: PairedModel, run: SamplerSettings, t_start: int | None) -> Tensor:
     """Descending timesteps from t_start (or T − 1) with at most the available count."""
-    top = model.schedule.T - 1 if t_start is None else t_start
-    n = max(1, min(run.steps, top + 1))
-    return timesteps(model.schedule.T, n, spacing=run.spacing, t_start=t_start)  # type: ignore[arg-type]
+    return run.timesteps(model.schedule.T, t_start)
 
 
 @torch.no_grad()

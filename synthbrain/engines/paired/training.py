@@ -25,6 +25,7 @@ from synthbrain.errors import InputError
 from synthbrain.progress import Reporter
 from synthbrain.train import is_main_process, process_group
 from synthbrain.training.config import TrainConfig, resolve_device
+from synthbrain.training.request import TrainRequest
 
 
 class StageSettings(TrainConfig):
@@ -139,50 +140,36 @@ def data_lesion(data: Path, explicit: str | None = None) -> str:
     return min(counts, key=lambda kind: (-counts[kind], kind))
 
 
-def train(
-    *,
-    data: Path,
-    out: Path,
-    config_file: Path | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    resume: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    reporter: Reporter | None = None,
-    **_: Any,
-) -> dict[str, Any]:
+def train(request: TrainRequest) -> dict[str, Any]:
     """Train a paired model on an HDF5 set; returns the summary with the weights entry.
 
-    Args:
-        data: HDF5 training set (`synthbrain preprocess` or `synthbrain phantom --hdf5`).
-        out: run folder: checkpoints/, metrics.jsonl, latents.pt, the weights file.
-        config_file: TOML config (examples/configs/paired-*.toml); defaults otherwise.
-        steps, batch_size: override both stages' values.
-        resume: continue both stages from their checkpoints (a finished stage re-exports).
-        device: auto | cpu | cuda.
-        seed: data order, noise and anomaly randomisation.
+    The run folder gets checkpoints/, metrics.jsonl, latents.pt and the weights file; the
+    request's steps and batch size override both stages' values, and resume continues both
+    stages from their checkpoints (a finished stage re-exports). The paired config has two
+    training stages, so dotted `overrides` are refused rather than guessed at.
     """
-    reporter = reporter or Reporter(quiet=True)
+    if request.overrides:
+        keys = ", ".join(sorted(request.overrides))
+        raise InputError(f"the paired engine takes no dotted overrides ({keys})")
+    reporter, data, out, resume = request.progress(), request.data, request.out, request.resume
     started = time.perf_counter()
     cfg = load_train_config(
-        config_file, steps=steps, batch_size=batch_size, seed=seed,
-        device=device if device != "auto" else None,
+        request.config_file, steps=request.steps, batch_size=request.batch_size,
+        seed=request.seed, device=request.device if request.device != "auto" else None,
     )  # fmt: skip
     model = PairedModel(
-        model_config_for(Path(data), cfg.model),
+        model_config_for(data, cfg.model),
         p_true_condition=cfg.diffusion.p_true_condition,
     )
     d = cfg.diffusion
     model.latent_crop, model.lesion_fraction = d.latent_crop, d.lesion_fraction
     model.lesion_weight, model.lesion_dilate = d.lesion_weight, d.lesion_dilate
     model.min_snr_gamma = d.min_snr_gamma
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # One process group for both stages: re-creating it under torchrun's store can hang.
     with process_group(_group_device(cfg)):
-        ae_summary = _stage_autoencoder(model, Path(data), cfg, out, resume, reporter)
-        z, x, counts = _latents(model, Path(data), cfg, out, resume, reporter)
+        ae_summary = _stage_autoencoder(model, data, cfg, out, resume, reporter)
+        z, x, counts = _latents(model, data, cfg, out, resume, reporter)
         diff_summary = _stage_diffusion(model, z, x, cfg, out, resume, reporter)
     summary = {
         "engine": "paired",
@@ -196,7 +183,7 @@ def train(
     weights = export_bundle(model, out / f"paired-{c.lesion}-{c.spacing:g}mm.safetensors", {
         "autoencoder": ae_summary, "diffusion": diff_summary, "examples": counts,
     })  # fmt: skip
-    entry = weights_entry(model, weights, Path(data), config_file, counts, cfg)
+    entry = weights_entry(model, weights, data, request.config_file, counts, cfg)
     (out / "weights-entry.toml").write_text(entry)
     from rich.markup import escape
 
