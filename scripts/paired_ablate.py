@@ -238,6 +238,29 @@ def lesion_dice(bundle, subjects: list, t_values: tuple[int, ...]) -> dict[str, 
 
 
 @torch.no_grad()
+def brain_psnr(bundle, subjects: list, t_val: int = 300) -> float:  # noqa: ANN001
+    """The brain branch's one-step ŷ0 from the image latent noised to t (conditioned on the true
+    lesion state), decoded: PSNR in the brain against the image, mean over subjects. Decoded, so
+    weights with differently normalised latents compare; the noise of subject k is seeded by k."""
+    from synthbrain.diffusion import q_sample
+    from synthbrain.engines.paired.run import brain_tensor
+
+    model, brain = bundle.model, brain_tensor(bundle)[0, 0].numpy() > 0
+    scores = []
+    for k, s in enumerate(subjects):
+        g = torch.Generator().manual_seed(2000 + k)
+        image = _t(s.images["t1"])
+        y0, x0 = model.encode(image), model.mask_to_x(_t(s.labels > 0))
+        t = torch.full((1,), t_val)
+        y_t = q_sample(model.schedule, y0, t, torch.randn(y0.shape, generator=g))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pred = model.brain_out(y_t, x0, t)
+        y_hat = model.decode(model.x0_from(y_t, t, pred.float())).clamp(0, 1)[0, 0].numpy()
+        scores.append(metrics.psnr(y_hat, image[0, 0].numpy(), brain))
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
 def joint_stats(bundle, n: int, steps: int, seed: int, batch: int = 10) -> dict[str, Any]:  # noqa: ANN001
     """Joint samples (DDIM, `steps`): non-empty rate, lesion ml quartiles, soft-map maximum."""
     from synthbrain.engines.paired.guidance import SamplerSettings, sample_joint
@@ -270,12 +293,13 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Denoising Dice at t = 100/300/500 and joint-sampler statistics of one weights file."""
     from synthbrain.engines.paired.run import load_bundle
 
-    bundle = load_bundle(args.weights, "stroke", device="cpu")
+    bundle = load_bundle(args.weights, args.lesion, device="cpu")
     bundle.model.batch_invariant = False  # batched is faster; byte identity is not needed here
-    subjects = [s for s in held_out(args.n_subjects) if (s.labels > 0).any()]
+    subjects = [s for s in held_out(args.n_subjects, lesion=args.lesion) if (s.labels > 0).any()]
     t0 = time.perf_counter()
     out: dict[str, Any] = lesion_dice(bundle, subjects, (100, 300, 500))
     out["dice_subjects"] = len(subjects)
+    out["brain_psnr_t300"] = brain_psnr(bundle, subjects)
     out.update(joint_stats(bundle, args.n_joint, args.steps, args.seed))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
@@ -325,6 +349,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p = sub.add_parser("probe")
     p.add_argument("--weights", required=True)
+    p.add_argument("--lesion", default="stroke")
     p.add_argument("--n-subjects", type=int, default=6)
     p.add_argument("--n-joint", type=int, default=20)
     p.add_argument("--steps", type=int, default=50)

@@ -263,9 +263,11 @@ def test_haar_run_trains_no_autoencoder_and_its_weights_load(mixed_set, tmp_path
     assert torch.allclose(model.decode(model.encode(image)), image, atol=1e-5, rtol=0)
 
 
-def test_embedded_weights_still_load_as_autoencoder_models():
+@pytest.mark.parametrize("lesion", ["stroke", "wmh"])
+def test_embedded_weights_load_with_their_representation(lesion):
+    """Both representations load: an autoencoder model has its decoder, a Haar one none."""
     from synthbrain.engines.paired.run import load_bundle
 
-    bundle = load_bundle(None, "stroke", device="cpu")
-    assert bundle.model.config.representation == "autoencoder"
-    assert bundle.model.ae is not None
+    model = load_bundle(None, lesion, device="cpu").model
+    assert model.config.representation in ("autoencoder", "haar")
+    assert (model.ae is not None) == (model.config.representation == "autoencoder")

@@ -56,6 +56,24 @@ def test_metrics_are_reproducible_and_nan_without_a_lesion():
     again = model.validation_step(b, torch.Generator().manual_seed(5))
     assert first == again
     assert 0.0 <= first["dice"] <= 1.0 and math.isfinite(first["psnr_brain"])
+    assert math.isfinite(first["psnr_image"])
     assert {"loss", "loss_lesion", "loss_brain"} <= first.keys()
     healthy = model.validation_step(batch(model, lesion=False), torch.Generator().manual_seed(5))
     assert math.isnan(healthy["dice"]) and math.isfinite(healthy["psnr_brain"])
+
+
+def test_latent_norm_shared_keeps_each_channels_share():
+    """shared: one scale (the largest channel's 1/std) for all; channel: unit variance each."""
+    import torch
+
+    from synthbrain.engines.paired.latents import latent_norm
+
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.tensor([4.0, 1.0, 0.25]).reshape(1, 3, 1, 1, 1)
+    z = torch.randn(6, 3, 4, 4, 4, generator=gen) * spread
+    _, per_channel = latent_norm(z)
+    shift, shared = latent_norm(z, shared=True)
+    assert len(set(shared)) == 1 and shared[0] == min(per_channel)
+    normed = (z - torch.tensor(shift).reshape(1, 3, 1, 1, 1)) * shared[0]
+    stds = normed.transpose(0, 1).reshape(3, -1).std(1)
+    assert abs(float(stds[0]) - 1.0) < 1e-4 and float(stds[2]) < 0.1

@@ -57,7 +57,7 @@ def compute_latents(
     if pending:
         _flush(model, pending, device, zs, xs, advance)
     z, x = torch.cat(zs), torch.cat(xs)
-    shift, scale = latent_norm(z)
+    shift, scale = latent_norm(z, shared=settings.latent_norm == "shared")
     model.set_latent_norm(shift, scale)
     z = (z - torch.tensor(shift).reshape(1, -1, 1, 1, 1)) * torch.tensor(scale).reshape(
         1, -1, 1, 1, 1
@@ -75,11 +75,19 @@ def _flush(model, pending, device, zs, xs, advance) -> None:  # noqa: ANN001
     pending.clear()
 
 
-def latent_norm(z: Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and 1/std of latents [N, C, ...]."""
+def latent_norm(z: Tensor, *, shared: bool = False) -> tuple[list[float], list[float]]:
+    """Per-channel mean and 1/std of latents [N, C, ...].
+
+    shared: one scale for every channel, the 1/std of the highest-variance one (the Haar
+    low-pass band), so each channel keeps its share of the energy, as WDM's raw coefficients
+    do. Per-channel scaling lifts the 63 near-zero detail bands to unit variance, and a whole-grid
+    loss then spends 63/64 of its weight on them and 1/64 on the band that holds the anatomy.
+    """
     flat = z.float().transpose(0, 1).reshape(z.shape[1], -1)
     mean = flat.mean(1)
     std = flat.std(1).clamp_min(1e-6)
+    if shared:
+        std = torch.full_like(std, float(std.max()))
     return mean.tolist(), (1.0 / std).tolist()
 
 

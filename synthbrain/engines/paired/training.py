@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -59,6 +59,8 @@ class DataSettings(BaseModel):
     pseudo_fraction: float = Field(default=0.5, ge=0, le=1)
     max_subjects: int | None = Field(default=None, ge=1)
     encode_batch: int = Field(default=2, ge=1)
+    # "channel": each latent channel to unit variance; "shared": one scale (see latent_norm)
+    latent_norm: Literal["channel", "shared"] = "channel"
 
 
 class PairedTrainConfig(BaseModel):

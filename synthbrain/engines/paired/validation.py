@@ -6,7 +6,9 @@ the lesion branch's one-step estimate x̂0 from the true state noised to t (the 
 noised alike) is thresholded at 0.5 and scored by Dice against the true mask, at t = 100, 300
 and 500 of a 1000-step schedule (the probe of docs/paired.md, here on the latent validation
 examples; a shorter schedule is probed at the same fractions of its length). The brain branch
-is scored by the PSNR of its one-step image-latent estimate, conditioned on the true lesion state.
+is scored by the PSNR of its one-step image-latent estimate, conditioned on the true lesion state,
+in latent units (`psnr_brain`) and, decoded, in image units (`psnr_image`, peak 1: images live in
+[0, 1]). Only the second compares models whose latents are normalised differently.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ BRAIN_T = 300
 
 
 def validation_metrics(model, batch: dict[str, Tensor], generator: torch.Generator) -> dict:  # noqa: ANN001
-    """The diffusion losses plus dice_t100/300/500, their mean `dice`, and `psnr_brain`."""
+    """The diffusion losses, dice_t100/300/500 and their mean `dice`, psnr_brain, psnr_image."""
     out = dict(model.training_step(batch, generator))
     if model.stage != "diffusion":
         return out
@@ -40,7 +42,7 @@ def validation_metrics(model, batch: dict[str, Tensor], generator: torch.Generat
         out[f"dice_t{t_val}"] = score
         dices.append(score)
     out["dice"] = sum(dices) / len(dices)
-    out["psnr_brain"] = _brain_psnr(model, z, x, generator)
+    out["psnr_brain"], out["psnr_image"] = _brain_psnr(model, z, x, generator)
     return out
 
 
@@ -54,13 +56,20 @@ def _dice(pred: Tensor, truth: Tensor, keep: Tensor) -> float:
     return float(dice.mean())
 
 
-def _brain_psnr(model, z: Tensor, x: Tensor, generator: torch.Generator) -> float:  # noqa: ANN001
-    """PSNR (peak 2: latents live in about [-1, 1]) of the brain branch's ŷ0 at BRAIN_T."""
+def _brain_psnr(model, z: Tensor, x: Tensor, generator: torch.Generator) -> tuple[float, float]:  # noqa: ANN001
+    """PSNR of the brain branch's ŷ0 at BRAIN_T: in latent units (peak 2: latents live in about
+    [-1, 1]) and decoded to images (peak 1)."""
     t = _timesteps(model, BRAIN_T, z)
     y_t = q_sample(model.schedule, z, t, _randn(z, generator))
     y_hat = model.x0_from(y_t, t, model.brain_out(y_t, x, t).float())
-    mse = float(((y_hat - z) ** 2).mean())
-    return 10.0 * math.log10(4.0 / max(mse, 1e-12))
+    latent = _psnr(y_hat, z, peak=2.0)
+    image = _psnr(model.decode(y_hat).clamp(0, 1), model.decode(z).clamp(0, 1), peak=1.0)
+    return latent, image
+
+
+def _psnr(estimate: Tensor, truth: Tensor, *, peak: float) -> float:
+    mse = float(((estimate - truth) ** 2).mean())
+    return 10.0 * math.log10(peak**2 / max(mse, 1e-12))
 
 
 def _timesteps(model, t_of_1000: int, like: Tensor) -> Tensor:  # noqa: ANN001
