@@ -351,10 +351,11 @@ def enhance(
     """  # fmt: skip
     options = _given(dict(locals()))  # first: the parameters only, before any import below
     from synthbrain.edit_inputs import check_enhance
+    from synthbrain.runs.edit import write_edit
 
     inputs = check_enhance(**options)
     module = engines.load("deformation", command="enhance")
-    return module.enhance(inputs, **options)
+    return write_edit(module.enhance(inputs, **options))
 
 
 def evaluate(*, synth: Path, reference: str, out: Path, reporter: Reporter | None = None,

@@ -106,15 +106,19 @@ class GenerateJob:
 
 @dataclass
 class EditJob:
-    """A heal / implant result as an engine describes it; `synthbrain.runs.edit.write_edit`
-    writes it (each file atomically, the edit mask last) and returns `summary(written paths)`.
+    """A heal / implant / enhance result as an engine describes it;
+    `synthbrain.runs.edit.write_edit` writes it (each file atomically; the edit mask, then the
+    sidecar JSON last) and returns `summary(written paths)`.
 
     Attributes:
         outputs: (volume on the scan's grid, path, dtype or None for the volume's own) per file.
-        editmask: the voxels the edit may have changed, and its path.
-        summary: the written paths (outputs then edit mask) -> the command's JSON summary.
+        editmask: the voxels the edit may have changed, and its path (None: enhance, which
+            writes a new contrast rather than editing the scan).
+        summary: the written paths (outputs, then edit mask) -> the command's JSON summary.
+        sidecar: a JSON file written after every volume, and its content (None: none).
     """
 
     outputs: list[tuple[Any, Path, Any]]
-    editmask: tuple[Any, Path]
+    editmask: tuple[Any, Path] | None
     summary: Callable[[list[str]], dict[str, Any]]
+    sidecar: tuple[Path, dict[str, Any]] | None = None

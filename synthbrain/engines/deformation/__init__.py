@@ -18,6 +18,7 @@ from synthbrain.engines.deformation.model import (  # the model API, re-exported
 from synthbrain.errors import InputError
 
 if TYPE_CHECKING:
+    from synthbrain.io.samples import EditJob
     from synthbrain.training.request import TrainRequest
 
 
@@ -28,8 +29,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
     return deformation_run.train(request)
 
 
-def enhance(inputs: Any, **options: Any) -> dict[str, Any]:
-    """`synthbrain enhance` (see `deformation.run.enhance`)."""
+def enhance(inputs: Any, **options: Any) -> EditJob:
+    """`synthbrain enhance`, as the job the run layer writes (see `deformation.run.enhance`)."""
     from synthbrain.engines.deformation import run as deformation_run
 
     return deformation_run.enhance(inputs, **options)

@@ -29,6 +29,7 @@ from synthbrain.engines.deformation.data import (
 )
 from synthbrain.engines.deformation.model import DeformationModel
 from synthbrain.errors import InputError
+from synthbrain.io.samples import EditJob
 from synthbrain.progress import Reporter
 from synthbrain.training.request import TrainRequest
 
@@ -153,8 +154,9 @@ def enhance(
     reporter: Reporter | None = None,
     sampler: str | None = None,
     **_: Any,
-) -> dict[str, Any]:
-    """Synthesise T1Gd and the enhancing-tumour mask from T1, T2 and FLAIR.
+) -> EditJob:
+    """Synthesise T1Gd and the enhancing-tumour mask from T1, T2 and FLAIR, as the job the run
+    layer writes (`runs.edit.write_edit`: T1Gd, the mask, then the sidecar JSON).
 
     Args:
         inputs: `EnhanceInputs` (validated by the api): t1, t2, flair Volumes, out, mask_out,
@@ -169,7 +171,7 @@ def enhance(
         sampler: "ddim" (default), "dpm++" or "ddpm".
 
     Returns:
-        A JSON-ready summary: files written, weights name and sha256, seed, seconds, labels.
+        The EditJob; its summary: files, weights name and sha256, seed, seconds, labels.
     """
     from synthbrain.engines.deformation.inputs import (
         compose_outputs,
@@ -177,8 +179,6 @@ def enhance(
         to_model_grid,
     )
     from synthbrain.engines.deformation.volume import brain_box, enhance_volume
-    from synthbrain.io.nifti import save_volume
-    from synthbrain.io.outputs import atomic_write_json
     from synthbrain.training.config import resolve_device
 
     started = time.perf_counter()
@@ -210,13 +210,13 @@ def enhance(
             device=dev, progress=advance,
         )  # fmt: skip
     t1gd, mask = compose_outputs(result.image, result.mask, grid, inputs.t1, label=OUTPUT_LABEL)
-    save_volume(t1gd, inputs.out, dtype=np.float32)
+    outputs: list[tuple[Any, Path, Any]] = [(t1gd, Path(inputs.out), np.float32)]
     written = {"out": str(inputs.out), "mask_out": None, "sidecar": str(sidecar)}
     if inputs.mask_out is not None:
         if mask is None:
             reporter.warn("these weights predict no enhancing-tumour mask; --mask-out not written")
         else:
-            save_volume(mask, inputs.mask_out, dtype=np.uint8)
+            outputs.append((mask, Path(inputs.mask_out), np.uint8))
             written["mask_out"] = str(inputs.mask_out)
     summary = {
         **written, "engine": "deformation", "weights": winfo["name"],
@@ -227,8 +227,8 @@ def enhance(
         "enhancing_volume_ml": _volume_ml(mask),
     }  # fmt: skip
     summary["seconds"] = round(time.perf_counter() - started, 3)
-    atomic_write_json(sidecar, {**summary, **_sidecar_facts(grid, config, inputs)})
-    return summary
+    facts = {**summary, **_sidecar_facts(grid, config, inputs)}
+    return EditJob(outputs, None, lambda _: summary, sidecar=(sidecar, facts))
 
 
 def _effective_steps(model: DeformationModel, steps: int | None, sampler: str | None) -> int:
