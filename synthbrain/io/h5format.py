@@ -317,3 +317,9 @@ class LazyH5:
         state["_h5"], state["_pid"] = None, None
         return state
 
+
+
+def open_set(path: str | os.PathLike[str]) -> h5py.File:
+    """A training set opened read-only, for a `with` block: the one way code outside io reads
+    an HDF5 set's groups and attributes in one pass (datasets use `LazyH5`)."""
+    return h5py.File(path, "r")

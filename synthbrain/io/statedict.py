@@ -162,3 +162,23 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def save_tensors(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write a dict of tensors (and plain str / number values) atomically with torch.save: a
+    cache that `load_tensors` reads back without unpickling code."""
+    import torch
+
+    from synthbrain.io.atomic import atomic_target
+
+    with atomic_target(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a file written by `save_tensors` (or a training checkpoint) onto the CPU,
+    weights_only: tensors and plain values, never pickled code."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)

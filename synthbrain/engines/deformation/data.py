@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from torch import Tensor
@@ -20,6 +19,7 @@ from torch import Tensor
 from synthbrain.engines.deformation.config import ENHANCING_LABEL
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import SliceDataset, read_info, split_ids
+from synthbrain.io.h5format import open_set
 
 
 def enhancing_label(path: str | os.PathLike[str]) -> tuple[int, str, str]:
@@ -62,7 +62,7 @@ def enhancing_label(path: str | os.PathLike[str]) -> tuple[int, str, str]:
 def _label_values(path: str | os.PathLike[str], ids: Sequence[str]) -> set[int]:
     """Distinct label values over the given subjects."""
     values: set[int] = set()
-    with h5py.File(path, "r") as h5:
+    with open_set(path) as h5:
         for sid in ids:
             group = h5["subjects"][sid]
             if "labels" in group:
@@ -120,7 +120,7 @@ class EnhanceSlices(torch.utils.data.Dataset):
         """Per item of the slice index: does its centre slice hold the enhancing label?"""
         rows = self.slices.index
         hits = np.zeros(len(rows), dtype=bool)
-        with h5py.File(self.slices.path, "r") as h5:
+        with open_set(self.slices.path) as h5:
             for i, sid in enumerate(self.slices.ids):
                 group = h5["subjects"][sid]
                 if "labels" not in group:

@@ -11,13 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
 from synthbrain.engines.deviation.config import DeviationConfig, load_config
 from synthbrain.errors import InputError
-from synthbrain.io.h5format import LazyH5
+from synthbrain.io.h5format import LazyH5, open_set
 from synthbrain.training.request import TrainRequest
 
 
@@ -75,7 +74,7 @@ class LesionItems(LazyH5, torch.utils.data.Dataset):
         Sets has_healthy when every lesion subject stores its true substrate (phantoms), so all
         items carry one or none (a batch cannot mix them)."""
         rows, healthy = [], []
-        with h5py.File(self.path, "r") as h5:
+        with open_set(self.path) as h5:
             for i, sid in enumerate(self.ids):
                 group = h5["subjects"][sid]
                 if "labels" not in group:
@@ -141,10 +140,10 @@ def export_checkpoint(run_dir: Path, target: Path, *, fp16: bool = True) -> Path
     """The EMA weights of a run's (possibly unfinished) checkpoint as a weights file."""
     from synthbrain.engines.deviation.model import DeviationModel
     from synthbrain.engines.deviation.run import save_weights
+    from synthbrain.io.statedict import load_tensors
 
     run_dir = Path(run_dir)
-    payload = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu",
-                         weights_only=True)  # fmt: skip
+    payload = load_tensors(run_dir / "checkpoints" / "last.pt")
     config = load_config(run_dir / "config.json")
     model = DeviationModel(config)
     state = dict(payload["model"])

@@ -16,14 +16,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
 
 from synthbrain.io.dataset import read_subject, split_ids
-from synthbrain.io.h5format import LazyH5
+from synthbrain.io.h5format import LazyH5, open_set
 from synthbrain.rng import hash_seed
 
 
@@ -172,7 +171,7 @@ class CropDataset(LazyH5, torch.utils.data.Dataset):
         self.path = Path(path)
         self.ids = split_ids(self.path, split)
         self.crop, self.seed, self.repeats = int(crop), int(seed), int(repeats)
-        with h5py.File(self.path, "r") as h5:
+        with open_set(self.path) as h5:
             first = h5["subjects"][self.ids[0]]
             brain = first["brain_mask"][()] > 0
             self.has_healthy = [("healthy" in h5["subjects"][s]) for s in self.ids]

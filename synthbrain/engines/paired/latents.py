@@ -93,7 +93,7 @@ def latent_norm(z: Tensor, *, shared: bool = False) -> tuple[list[float], list[f
 
 def save_latents(path: Path, z: Tensor, x: Tensor, counts: dict[str, int], norm: tuple) -> None:
     """Cache latents, counts and the normalisation (tensors only: loadable with weights_only)."""
-    from synthbrain.io.atomic import atomic_target
+    from synthbrain.io.statedict import save_tensors
 
     kinds = sorted(counts)
     payload = {
@@ -103,13 +103,14 @@ def save_latents(path: Path, z: Tensor, x: Tensor, counts: dict[str, int], norm:
         "shift": torch.tensor(norm[0]),
         "scale": torch.tensor(norm[1]),
     }
-    with atomic_target(path) as tmp:
-        torch.save({"kinds": ",".join(kinds), **payload}, tmp)
+    save_tensors(path, {"kinds": ",".join(kinds), **payload})
 
 
 def load_latents(path: Path) -> tuple[Tensor, Tensor, dict[str, int], tuple]:
     """Read a cache written by `save_latents`."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    from synthbrain.io.statedict import load_tensors
+
+    data = load_tensors(path)
     kinds = [k for k in data["kinds"].split(",") if k]
     counts = dict(zip(kinds, (int(c) for c in data["counts"]), strict=True))
     norm = (data["shift"].tolist(), data["scale"].tolist())

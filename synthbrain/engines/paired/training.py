@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from synthbrain.engines.paired.entry import weights_entry
 from synthbrain.engines.paired.model import PairedConfig, PairedModel
 from synthbrain.errors import InputError
+from synthbrain.io.outputs import atomic_write_bytes
 from synthbrain.progress import Reporter
 from synthbrain.train import is_main_process, process_group
 from synthbrain.training.config import TrainConfig, resolve_device
@@ -118,13 +119,11 @@ def data_lesion(data: Path, explicit: str | None = None) -> str:
         InputError: no subject has a lesion (the engine learns lesions from them), or none of
             them names its type and `explicit` is not given.
     """
-    import h5py
-
-    from synthbrain.io.h5format import decode_attr
+    from synthbrain.io.h5format import decode_attr, open_set
 
     counts: Counter[str] = Counter()
     lesioned = 0
-    with h5py.File(data, "r") as h5:  # attributes only: read_subject would read every volume
+    with open_set(data) as h5:  # attributes only: read_subject would read every volume
         for group in h5["subjects"].values():
             if "labels" not in group or decode_attr(group.attrs.get("healthy", False)):
                 continue
@@ -186,7 +185,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "autoencoder": ae_summary, "diffusion": diff_summary, "examples": counts,
     })  # fmt: skip
     entry = weights_entry(model, weights, data, request.config_file, counts, cfg)
-    (out / "weights-entry.toml").write_text(entry)
+    atomic_write_bytes(out / "weights-entry.toml", entry.encode("utf-8"))
     from rich.markup import escape
 
     reporter.info(escape(f"weights.toml entry (in {out / 'weights-entry.toml'}):\n{entry}"))
