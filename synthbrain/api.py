@@ -125,7 +125,7 @@ def preprocess(
             raise InputError("input not found", path)
     if not Path(out).is_dir():  # a folder there: the pipeline says so
         check_writable(out, folder=False)
-    from synthbrain import preprocess as pipeline
+    from synthbrain.preprocessing import run as pipeline
 
     started = time.perf_counter()
     with reporter.task("preprocess", total=None) as advance:

@@ -11,11 +11,11 @@ import pytest
 import torch
 from niftis import AFFINE_ANISO, AFFINE_LPS, AFFINE_PIR, AFFINE_RAS, ball, centred, write_nifti
 
-from synthbrain.cohorts import detect_label_convention, discover
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import SliceDataset, VolumeDataset, make_split, read_info, split_ids
-from synthbrain.prepare import n4_correct
-from synthbrain.preprocess import preprocess
+from synthbrain.preprocessing.cohorts import detect_label_convention, discover
+from synthbrain.preprocessing.prepare import n4_correct
+from synthbrain.preprocessing.run import preprocess
 from synthbrain.spatial.window import scale_intensity, unscale_intensity
 
 SHAPE = (21, 21, 21)  # odd: voxel centres on whole mm, so 2 mm grid points meet no NN ties

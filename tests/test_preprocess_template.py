@@ -17,7 +17,7 @@ from synthbrain.cli import main
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import read_info
 from synthbrain.io.geometry import resample_array
-from synthbrain.preprocess import preprocess
+from synthbrain.preprocessing.run import preprocess
 
 SPACING, GRID = 4.0, (48, 56, 48)  # registration and grids at 4 mm keep these tests fast
 LESION_MM, LESION_RADIUS = np.array([-30.0, -14.0, 22.0]), 10.0  # left white matter, MNI mm
@@ -216,7 +216,7 @@ def test_native_stays_the_default(cohort, tmp_path, tpl):
 
 
 def test_default_template_grid_is_the_paired_grid(cohort, tmp_path, tpl):
-    from synthbrain.prepare import template_grid
+    from synthbrain.preprocessing.prepare import template_grid
 
     assert template_grid(2.0) == [96, 112, 96] and template_grid(1.0) == [192, 224, 192]
     assert template_grid(SPACING, 8) == list(GRID)

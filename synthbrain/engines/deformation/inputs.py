@@ -2,7 +2,7 @@
 
 - `register_rigid`: T2 / FLAIR onto T1 with SimpleITK (rigid Euler3D, Mattes mutual information).
 - `to_model_grid`: brain mask, 0.5/99.5-percentile windows and the RAS model grid, as preprocess
-  builds the training sets (`synthbrain.prepare`).
+  builds the training sets (`synthbrain.preprocessing.prepare`).
 - `compose_outputs`: the synthetic T1Gd and its mask back on T1's exact grid. The T1Gd is written
   in T1's intensity scale: model value 0 ↦ T1's 0.5th percentile inside the brain, 1 ↦ its
   99.5th percentile (linear); outside the brain (and outside the model grid's field of view)

@@ -1,10 +1,10 @@
 """The per-subject preprocessing pipeline: load and check, N4, brain mask, model grid, intensities.
 
-Pure functions of one subject's files, run in worker processes by `synthbrain.preprocess`; this
-module imports no torch so workers start fast (template space loads the template, and with it
-torch, once per worker). Resampling goes from each scan straight onto the RAS-aligned model grid
-(`grid_for` + `to_grid`): reorientation, resampling to the spacing and the crop/pad happen in one
-interpolation.
+Pure functions of one subject's files, run in worker processes by
+`synthbrain.preprocessing.run`; this module imports no torch so workers start fast (template
+space loads the template, and with it torch, once per worker). Resampling goes from each scan
+straight onto the RAS-aligned model grid (`grid_for` + `to_grid`): reorientation, resampling to
+the spacing and the crop/pad happen in one interpolation.
 
 Two spaces: "native" centres the grid on each subject's brain; "template" registers the subject
 affinely to the MNI152 T1 template exactly as heal / implant do (`scan_to_grid`) and resamples it
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from synthbrain.cohorts import SubjectFiles
 from synthbrain.errors import InputError
 from synthbrain.io.nifti import GridTransform, Volume, grid_for, load_volume, to_grid
+from synthbrain.preprocessing.cohorts import SubjectFiles
 from synthbrain.spatial.extent import brain_geometry
 from synthbrain.spatial.window import intensity_range, scale_intensity
 

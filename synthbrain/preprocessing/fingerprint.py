@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from synthbrain.cohorts import SubjectFiles
 from synthbrain.io.atomic import atomic_target
+from synthbrain.preprocessing.cohorts import SubjectFiles
 
 FINGERPRINT_VERSION = 1
 

@@ -7,10 +7,11 @@ Two passes over the subjects, both parallel when ``workers > 1``:
    anything is written, fixes the label convention and the default grid, and is cached as
    ``<name>.fingerprint.json`` beside the HDF5 (reused while the input files and the options that
    shape it, layout and contrasts, are unchanged, unless ``overwrite``).
-2. processing: each subject onto the model grid (`synthbrain.prepare`); the parent process alone
-   writes the HDF5 (`H5Writer`: temporary name, renamed when complete). With ``space="template"``
-   each subject is first registered to MNI152 (as heal does) and lands on the paired engine's
-   template grid; the HDF5's global attribute ``space`` says which ("native" or "template").
+2. processing: each subject onto the model grid (`synthbrain.preprocessing.prepare`); the parent
+   process alone writes the HDF5 (`H5Writer`: temporary name, renamed when complete). With
+   ``space="template"`` each subject is first registered to MNI152 (as heal does) and lands on
+   the paired engine's template grid; the HDF5's global attribute ``space`` says which ("native"
+   or "template").
 
 A bad subject (unreadable, truncated, NaN, grids that disagree, missing files, a failed
 registration) is skipped and reported, or with ``strict`` stops the run with an InputError naming
@@ -28,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthbrain import fingerprint, prepare
-from synthbrain.cohorts import SubjectFiles, detect_label_convention, discover
 from synthbrain.config import CONTRASTS
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import H5Writer, read_info
+from synthbrain.preprocessing import fingerprint, prepare
+from synthbrain.preprocessing.cohorts import SubjectFiles, detect_label_convention, discover
 
 log = logging.getLogger(__name__)
 Job = tuple[Callable[..., Any], tuple, dict]
@@ -63,7 +64,7 @@ def make_pool(workers: int) -> contextlib.AbstractContextManager[ProcessPoolExec
     if workers <= 1:
         return contextlib.nullcontext(None)
     # spawn, not fork: the parent may hold threads (torch, ITK) that a fork would copy mid-state.
-    # Workers import only synthbrain.prepare (no torch), so they start quickly.
+    # Workers import only synthbrain.preprocessing.prepare (no torch), so they start quickly.
     context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(workers, mp_context=context, initializer=prepare.init_worker)
 
