@@ -163,7 +163,11 @@ def test_cli_max_time_prints_resume_and_bad_options(tmp_path: Path, capsys, monk
     assert code == 0 and summary["stopped"] == "max-time" and summary["step"] < 3
     assert "--resume" in summary["resume_command"] and "resume with: synthbrain train" in err
     assert summary["training"]["threads"] == 1 and summary["training"]["wall_seconds"] > 0
-    code, summary, _ = cli([*base, "--out", str(tmp_path / "run"), "--resume"], capsys)
+    import shlex
+
+    resume = shlex.split(summary["resume_command"])  # the printed command itself resumes
+    assert resume[:2] == ["synthbrain", "train"] and "--api" not in resume
+    code, summary, _ = cli([*resume[1:], "--max-time", "10m"], capsys)  # the last --max-time wins
     torch.set_num_threads(before)
     assert code == 0 and summary["step"] == 3 and "stopped" not in summary
     (stage,) = summary["training"]["stages"]

@@ -123,9 +123,10 @@ def train(
 
     Example: synthbrain train --engine deviation --data brats.h5 --out runs/dev --max-time 2h45m
     """
+    # first: the parameters only (an import below would add a local)
+    given = {k: v for k, v in locals().items() if k not in ("quiet", "json_", "progress")}
     from synthbrain import api
 
-    given = {k: v for k, v in locals().items() if k not in ("quiet", "json_", "progress")}
     report = _reporter(quiet, json_, progress)
     summary = api.train(
         precision=precision,
