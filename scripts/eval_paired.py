@@ -66,6 +66,11 @@ def weight_of(out: np.ndarray, img: np.ndarray) -> np.ndarray:
     return (out != img).astype(np.float32)
 
 
+def voxel_ml(bundle: Bundle) -> float:
+    """Millilitres per voxel of the model grid (its spacing is isotropic, in mm)."""
+    return float(bundle.model.config.spacing) ** 3 / 1000.0
+
+
 def heal_metrics(bundle: Bundle, subjects, run, *, with_mask: bool, target: str = "clean") -> dict:
     """In-lesion L1 ratio, PSNR / SSIM against the true substrate, SSIM outside vs the input."""
     rows = []
@@ -83,7 +88,7 @@ def heal_metrics(bundle: Bundle, subjects, run, *, with_mask: bool, target: str 
             "ssim": metrics.ssim(out, healthy, brain),
             "ssim_outside_vs_input": metrics.ssim(out, img, outside),
             "unchanged_far": float((out[far] == img[far]).mean()),
-            "edited_ml": float((weight_of(out, img) > 0).sum() * 8e-3),
+            "edited_ml": float((weight_of(out, img) > 0).sum() * voxel_ml(bundle)),
             "seconds": secs,
         })  # fmt: skip
     return _summary(rows)
@@ -160,7 +165,7 @@ def realism_features(image: np.ndarray, mask: np.ndarray, brain: np.ndarray) -> 
     lesion = mask > 0
     ring = dilate(lesion, 2) & ~lesion & inside
     contrast = image[lesion].mean() - image[ring].mean() if lesion.any() and ring.any() else 0.0
-    volume = np.log1p(lesion.sum() * 8e-3)
+    volume = np.log1p(lesion.sum() * 8e-3)  # a feature: real and synthetic on one grid
     return np.array([*hist, *tex.values(), contrast, volume], np.float64)
 
 
@@ -180,7 +185,7 @@ def generate_metrics(
         given = [phantom_mask(bundle, derive_seed(seed, 1))] if phantom_masks else None
         trips += make_triplets(bundle, [generator_for(seed)], run, brain_t, given)
     secs = (time.perf_counter() - t0) / n
-    ml = np.array([t.mask.sum() * 8e-3 for t in trips])
+    ml = np.array([t.mask.sum() * voxel_ml(bundle) for t in trips])
     nonempty = ml > 0
     inside = [metrics.dice(t.mask, t.mask & (brain > 0)) for t in trips if t.mask.any()]
     signs = [
@@ -203,9 +208,12 @@ def training_volumes(path: Path) -> np.ndarray:
     """Lesion volumes (ml) of a training set's subjects."""
     import h5py
 
+    from synthbrain.io.dataset import read_info
+
+    ml = float(np.prod(read_info(path)["spacing"])) / 1000.0
     with h5py.File(path, "r") as h5:
         groups = h5["subjects"].values()
-        return np.array([g["labels"][()].sum() * 8e-3 for g in groups if "labels" in g])
+        return np.array([g["labels"][()].sum() * ml for g in groups if "labels" in g])
 
 
 def steps_table(bundle: Bundle, subjects, counts, samplers, published: int) -> list[dict]:

@@ -27,8 +27,6 @@ import torch
 from synthbrain import metrics
 from synthbrain.engines.paired.model import PairedConfig, PairedModel
 
-ML_PER_VOXEL = 8e-3  # 2 mm grid
-
 
 def held_out(n: int, seed: int = 1000, lesion: str = "stroke") -> list:
     """Phantom subjects 0 … n − 1 of run `seed` (T1, 2 mm)."""
@@ -276,7 +274,7 @@ def joint_stats(bundle, n: int, steps: int, seed: int, batch: int = 10) -> dict[
             x0, _ = sample_joint(model, gens, SamplerSettings(steps=steps))
         soft = model.x_to_soft(x0.float())
         masks = soft_to_mask(model, x0.float(), brain)
-        vols += (masks.flatten(1).sum(1).float() * ML_PER_VOXEL).tolist()
+        vols += (masks.flatten(1).sum(1).float() * model.config.spacing**3 / 1000.0).tolist()
         peaks += soft.flatten(1).amax(1).tolist()
         lesion_any = (soft > 0.5).flatten(1).sum(1).clamp_min(1)
         outside += (((soft > 0.5) & (brain == 0)).flatten(1).sum(1) / lesion_any).tolist()
