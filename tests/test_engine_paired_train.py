@@ -271,3 +271,29 @@ def test_embedded_weights_load_with_their_representation(lesion):
     model = load_bundle(None, lesion, device="cpu").model
     assert model.config.representation in ("autoencoder", "haar")
     assert (model.ae is not None) == (model.config.representation == "autoencoder")
+
+
+def test_a_stopped_diffusion_stage_leaves_loadable_weights(mixed_set, tmp_path, monkeypatch):
+    """A diffusion stage stopped (--max-time, SIGTERM) still writes the bundle that generate and
+    heal load. The stop is raised right after a tiny stage, as fit raises it, with its summary."""
+    from synthbrain import api
+    from synthbrain.engines.paired import training
+    from synthbrain.engines.paired.run import load_bundle
+    from synthbrain.training.stopping import TrainingStopped
+
+    monkeypatch.delenv("SYNTHBRAIN_WEIGHTS", raising=False)
+    toml = TINY_TOML.replace("[model]\n", '[model]\nrepresentation = "haar"\nprediction = "v"\n')
+    config = tmp_path / "haar.toml"
+    config.write_text(toml)
+    finish_stage = training._stage_diffusion
+
+    def stage_then_stop(*args):  # noqa: ANN002
+        raise TrainingStopped("max-time", {**finish_stage(*args), "stage": "diffusion"})
+
+    monkeypatch.setattr(training, "_stage_diffusion", stage_then_stop)
+    summary = api.train(engine="paired", data=mixed_set, out=tmp_path / "run", config_file=config)
+    assert summary["stopped"] == "max-time"
+    bundle = Path(summary["bundle"])  # where and as a finished run writes it
+    assert bundle.parent == tmp_path / "run" and bundle.name.startswith("paired-stroke-")
+    model = load_bundle(summary["bundle"], "stroke", device="cpu").model
+    assert model.config.representation == "haar"

@@ -27,6 +27,7 @@ from synthbrain.progress import Reporter
 from synthbrain.train import is_main_process, process_group
 from synthbrain.training.config import TrainConfig, resolve_device
 from synthbrain.training.request import TrainRequest
+from synthbrain.training.stopping import TrainingStopped
 
 
 class StageSettings(TrainConfig):
@@ -171,7 +172,11 @@ def train(request: TrainRequest) -> dict[str, Any]:
     with process_group(_group_device(cfg)):
         ae_summary = _stage_autoencoder(model, data, cfg, out, resume, reporter)
         z, x, counts = _latents(model, data, cfg, out, resume, reporter)
-        diff_summary = _stage_diffusion(model, z, x, cfg, out, resume, reporter)
+        try:
+            diff_summary = _stage_diffusion(model, z, x, cfg, out, resume, reporter)
+        except TrainingStopped as stop:  # still leave a weights file that generate/heal load
+            _export_stopped(model, stop, out, {"autoencoder": ae_summary, "examples": counts})
+            raise
     summary = {
         "engine": "paired",
         "examples": counts,
@@ -339,6 +344,22 @@ def _stage_diffusion(
         progress=not rep.quiet, stage="diffusion", load_ema_at_end=True,
         metadata={"config": model.config.model_dump(mode="json")},
     )  # fmt: skip
+
+
+def _export_stopped(
+    model: PairedModel, stop: TrainingStopped, out: Path, training: dict[str, Any]
+) -> None:
+    """A diffusion stage stopped by --max-time or a signal: its EMA sub-models (the stage's
+    weights file) go into the bundle under the name a finished run uses, so the printed
+    "checkpoint and weights written" holds; `--resume` later overwrites it."""
+    weights = stop.summary.get("weights")
+    if not is_main_process() or not weights:
+        return
+    load_denoisers(model, Path(weights))
+    c = model.config
+    path = out / f"paired-{c.lesion}-{c.spacing:g}mm.safetensors"
+    bundle = export_bundle(model, path, {**training, "diffusion": stop.summary})
+    stop.summary["bundle"] = str(bundle)
 
 
 def export_bundle(model: PairedModel, path: Path, training: dict[str, Any]) -> Path:
