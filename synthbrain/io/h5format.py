@@ -318,7 +318,6 @@ class LazyH5:
         return state
 
 
-
 def open_set(path: str | os.PathLike[str]) -> h5py.File:
     """A training set opened read-only, for a `with` block: the one way code outside io reads
     an HDF5 set's groups and attributes in one pass (datasets use `LazyH5`)."""
