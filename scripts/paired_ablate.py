@@ -4,6 +4,7 @@
     python scripts/paired_ablate.py cost                    # seconds per U-Net update, both latents
     python scripts/paired_ablate.py train --data D.h5 --config C.toml --out RUN --minutes 8
     python scripts/paired_ablate.py probe --weights RUN/paired-stroke-2mm.safetensors
+    python scripts/paired_ablate.py samples --weights A.safetensors B.safetensors --png S.png
 
 `train` is the diffusion stage of `synthbrain train --engine paired` (same PairedTrainConfig, same
 `PairedModel.training_step`, same latents and export) in a loop bounded by wall time and run
@@ -253,7 +254,7 @@ def brain_psnr(bundle, subjects: list, t_val: int = 300) -> float:  # noqa: ANN0
         y_t = q_sample(model.schedule, y0, t, torch.randn(y0.shape, generator=g))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             pred = model.brain_out(y_t, x0, t)
-        y_hat = model.decode(model.x0_from(y_t, t, pred.float())).clamp(0, 1)[0, 0].numpy()
+        y_hat = model.decode(model.x0_from(y_t, t, pred.float(), "brain")).clamp(0, 1)[0, 0].numpy()
         scores.append(metrics.psnr(y_hat, image[0, 0].numpy(), brain))
     return float(np.mean(scores))
 
@@ -325,6 +326,82 @@ def cmd_heal(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+@torch.no_grad()
+def sample_stats(bundle, subjects: list, steps: int) -> tuple[dict[str, float], list]:  # noqa: ANN001
+    """Task (b) on held-out masks (DDIM, `steps`): whether samples carry the data's structure or
+    the noise the sampler started from. Per subject, sample / true ratios of the Haar low band's
+    and the 63 detail bands' energy in the brain, and of the decoded image's mean |gradient| in the
+    brain (block noise: ratios well above 1). Returns the means and the decoded samples."""
+    from synthbrain.engines.paired.guidance import SamplerSettings, sample_given_mask
+    from synthbrain.engines.paired.run import brain_tensor
+
+    model, brain = bundle.model, brain_tensor(bundle)[0, 0].numpy() > 0
+    rows, images = [], []
+    for k, s in enumerate(subjects):
+        image = _t(s.images["t1"])
+        y_true, x0 = model.encode(image), model.mask_to_x(_t(s.labels > 0))
+        gens = [torch.Generator().manual_seed(3000 + k)]
+        y = sample_given_mask(model, x0, gens, SamplerSettings(steps=steps))
+        decoded = model.decode(y).clamp(0, 1)[0, 0].numpy()
+        truth = image[0, 0].numpy()
+        rows.append({
+            "low_band": float(y[:, 0].var() / y_true[:, 0].var()),
+            "detail_bands": float(y[:, 1:].pow(2).mean() / y_true[:, 1:].pow(2).mean()),
+            "gradient": _mean_gradient(decoded, brain) / _mean_gradient(truth, brain),
+            "psnr_vs_subject": metrics.psnr(decoded, truth, brain),
+        })  # fmt: skip
+        images.append((truth, decoded))
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}, images
+
+
+def _mean_gradient(volume: np.ndarray, brain: np.ndarray) -> float:
+    """Mean gradient magnitude (voxel units) inside the brain."""
+    grads = np.gradient(volume.astype(np.float64))
+    return float(np.sqrt(sum(g**2 for g in grads))[brain].mean())
+
+
+def cmd_samples(args: argparse.Namespace) -> dict[str, Any]:
+    """`sample_stats` for several weights files on the same held-out subjects; with --png, the
+    middle axial slice of each subject, true then one sample per weights file."""
+    from synthbrain.engines.paired.run import load_bundle
+
+    subjects = [s for s in held_out(args.n) if (s.labels > 0).any()]
+    out, columns = {}, []
+    for weights in args.weights:
+        bundle = load_bundle(weights, "stroke", device="cpu")
+        bundle.model.batch_invariant = False
+        out[weights], images = sample_stats(bundle, subjects, args.steps)
+        columns.append(images)
+    if args.png:
+        names = [f"{Path(w).parent.name}/{Path(w).stem}" for w in args.weights]
+        _sample_figure(args.png, columns, names)
+    return out
+
+
+def _sample_figure(path: Path, columns: list, names: list[str]) -> None:
+    """Rows: subjects; columns: the true image, then each weights file's sample."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(columns[0])
+    fig, axes = plt.subplots(rows, 1 + len(columns), figsize=(2.4 * (1 + len(columns)), 2.6 * rows))
+    axes = np.atleast_2d(axes)
+    for r in range(rows):
+        truth = columns[0][r][0]
+        z = truth.shape[2] // 2
+        panels = [("true", truth)] + [(n, col[r][1]) for n, col in zip(names, columns, strict=True)]
+        for c, (name, vol) in enumerate(panels):
+            axes[r, c].imshow(np.rot90(vol[:, :, z]), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_axis_off()
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -355,11 +432,16 @@ def main() -> None:
     p = sub.add_parser("heal")
     p.add_argument("--weights", nargs="+", required=True)
     p.add_argument("--n", type=int, default=5)
+    p = sub.add_parser("samples")
+    p.add_argument("--weights", nargs="+", required=True)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--png", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     commands = {"floor": cmd_floor, "cost": cmd_cost, "train": cmd_train, "probe": cmd_probe}
-    result = {**commands, "heal": cmd_heal}[args.cmd](args)
+    result = {**commands, "heal": cmd_heal, "samples": cmd_samples}[args.cmd](args)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

@@ -105,3 +105,32 @@ def test_min_snr_weight_clips_the_low_noise_steps(prediction):
     assert snr[0] > 5 and snr[1] < 5  # t = 0 is clipped, t = 63 is not
     expect = snr.clamp(max=5) / (snr if prediction == "eps" else snr + 1)
     assert torch.allclose(w, expect)
+
+
+def test_brain_branch_can_predict_x0_while_the_lesion_branch_keeps_v():
+    m = PairedModel(haar_config(prediction="v", brain_prediction="x0"))
+    assert m.config.prediction_of("lesion") == "v" and m.config.prediction_of("brain") == "x0"
+    assert PairedConfig(prediction="v").prediction_of("brain") == "v"  # None: the same
+    g = torch.Generator().manual_seed(0)
+    y0, noise = torch.randn(2, 64, 4, 4, 4, generator=g), torch.randn(2, 64, 4, 4, 4, generator=g)
+    t = torch.tensor([5, 40])
+    assert torch.equal(m.target(y0, t, noise, "brain"), y0)
+    assert not torch.equal(m.target(y0, t, noise), y0)  # the lesion branch's v
+    out = torch.randn(2, 64, 4, 4, 4, generator=g)
+    assert torch.equal(m.x0_from(noise, t, out, "brain"), out)
+    m.min_snr_gamma = 5.0
+    abar = m.schedule.alphas_cumprod[t].float()
+    assert torch.allclose(m.snr_weight(t, "brain"), (abar / (1 - abar)).clamp(max=5.0))
+
+
+def test_a_frozen_branch_gets_no_gradient_and_is_not_trained():
+    m = PairedModel(haar_config())
+    m.train_branches = ("brain",)
+    names = {id(p) for p in m.trainable_parameters()}
+    assert names == {id(p) for p in m.eps_y.parameters()}
+    batch = {"z": torch.randn(2, 64, 4, 4, 4), "x": torch.full((2, 8, 4, 4, 4), -1.0)}
+    losses = m.training_step(batch, torch.Generator().manual_seed(0))
+    losses["loss"].backward()
+    assert torch.equal(losses["loss"], losses["loss_brain"])
+    assert all(p.grad is None for p in m.eps_x.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.eps_y.parameters())

@@ -78,7 +78,7 @@ class PairedDenoiser:
             else:
                 x0 = self.x_fixed
             out_y = m.brain_out(y_t, x0.to(y_t.dtype), t).float()
-        y0 = m.x0_from(y_t, t, out_y)
+        y0 = m.x0_from(y_t, t, out_y, "brain")
         x0_all = torch.cat([x0.to(state.dtype), y0.to(state.dtype)], dim=1)
         # ε̂ consistent with the (clamped / fixed) x̂0, so the update lands on it exactly.
         return x0_all, eps_from_x0(schedule, state, t, x0_all)

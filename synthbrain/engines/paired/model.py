@@ -26,6 +26,8 @@ from synthbrain.engines.paired.wavelet import haar_forward, haar_inverse
 from synthbrain.nets import KLAutoencoder, UNet, autoencoder_loss
 
 STAGES = ("autoencoder", "diffusion")
+BRANCHES = ("lesion", "brain")
+Branch = Literal["lesion", "brain"]
 HAAR_LEVELS = 2  # 2 levels of x2 = the x4 down to the latent grid
 HAAR_BANDS = 8**HAAR_LEVELS
 
@@ -56,6 +58,12 @@ class PairedConfig(BaseModel):
             autoencoder, trained; the embedded weights) or "haar" (the training-free 2-level 3-D
             Haar packet of `paired.wavelet`, WDM's choice: exact inverse, no representation
             floor, latent_channels = 64 per contrast; no ae.* weights).
+        brain_prediction: what the brain branch outputs when it differs from `prediction`
+            (None: the same). "x0" suits the Haar latent: its 63 detail bands are near zero off
+            the tissue edges, and with ε or v the branch must pass every band's noise through a
+            U-Net far narrower than the 64 bands (16 channels), which it cannot, so the noise
+            stays in its estimates and samples end as block noise (docs/paired.md); an x0
+            output of 0 is the empty band, no pass-through needed.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -79,6 +87,7 @@ class PairedConfig(BaseModel):
     lesion_sign: float = -1.0
     prediction: Literal["eps", "v"] = "eps"
     representation: Literal["autoencoder", "haar"] = "autoencoder"
+    brain_prediction: Literal["eps", "v", "x0"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PairedConfig:
@@ -112,6 +121,12 @@ class PairedConfig(BaseModel):
     def lesion_channels(self) -> int:
         """Channels of the lesion's soft map on the latent grid."""
         return (4 // self.mask_pool) ** 3
+
+    def prediction_of(self, branch: Branch) -> str:
+        """What a branch ("lesion" or "brain") outputs."""
+        if branch == "brain" and self.brain_prediction is not None:
+            return self.brain_prediction
+        return self.prediction
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:
@@ -156,6 +171,8 @@ class PairedModel(nn.Module):
         # Loss weights of the diffusion stage (training knobs, not part of the saved config).
         self.lesion_weight, self.lesion_dilate = 0.0, 1
         self.min_snr_gamma: float | None = None
+        # The sub-models the diffusion stage trains; a frozen one runs without gradients.
+        self.train_branches: tuple[str, ...] = BRANCHES
         self.kl_weight, self.ssim_weight = kl_weight, ssim_weight
         c, cx, cz = config.image_channels, config.lesion_channels, config.latent_channels
         # The Haar representation has no weights: no ae.* keys in its files.
@@ -255,14 +272,17 @@ class PairedModel(nn.Module):
         """The brain branch (ε^y_θ or v^y_θ)(y_t, x̂0, t), conditioned on the lesion estimate."""
         return self._each(self.eps_y, torch.cat([y_t, x0], dim=1), t)
 
-    def x0_from(self, x_t: Tensor, t: Tensor, out: Tensor) -> Tensor:
+    def x0_from(self, x_t: Tensor, t: Tensor, out: Tensor, branch: Branch = "lesion") -> Tensor:
         """One-step estimate x̂0 of a branch output (Suppl. C.3 for ε)."""
-        return to_x0_eps(self.schedule, x_t, t, out, self.config.prediction)[0]
+        return to_x0_eps(self.schedule, x_t, t, out, self.config.prediction_of(branch))[0]
 
-    def target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """The regression target of a branch: ε, or v = √ᾱ_t ε − √(1−ᾱ_t) x0."""
-        if self.config.prediction == "eps":
+    def target(self, x0: Tensor, t: Tensor, noise: Tensor, branch: Branch = "lesion") -> Tensor:
+        """The regression target of a branch: ε, x0, or v = √ᾱ_t ε − √(1−ᾱ_t) x0."""
+        kind = self.config.prediction_of(branch)
+        if kind == "eps":
             return noise
+        if kind == "x0":
+            return x0
         return v_from_x0_eps(self.schedule, x0, t, noise)
 
     # ------------------------------------------------------------------ training
@@ -273,7 +293,8 @@ class PairedModel(nn.Module):
             if self.ae is None:
                 raise ValueError("the haar representation has no autoencoder to train")
             return list(self.ae.parameters())
-        return [*self.eps_x.parameters(), *self.eps_y.parameters()]
+        nets = {"lesion": self.eps_x, "brain": self.eps_y}
+        return [p for b in self.train_branches for p in nets[b].parameters()]
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         """Route to training_step (DDP syncs gradients through forward)."""
@@ -307,31 +328,39 @@ class PairedModel(nn.Module):
         noise_y = _randn(y0, generator)
         x_t = q_sample(self.schedule, x0, t, noise_x)  # Eq. 4
         y_t = q_sample(self.schedule, y0, t, noise_y)  # Eq. 5
-        out_x = self.lesion_out(x_t, y_t, t)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and "lesion" in self.train_branches):
+            out_x = self.lesion_out(x_t, y_t, t)
         # The brain branch sees the lesion branch's one-step estimate (detached: the two
         # sub-models co-evolve without back-propagating through each other) or the true x0.
         x0_hat = self.x0_from(x_t, t, out_x.detach()).clamp(-1.0, 1.0)
         u = torch.rand((b,), generator=generator, device=generator.device).to(y0.device)
         use_true = (u < self.p_true_condition).reshape(b, 1, 1, 1, 1)
         condition = torch.where(use_true, x0, x0_hat)
-        out_y = self.brain_out(y_t, condition, t)
-        snr_w = self.snr_weight(t)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and "brain" in self.train_branches):
+            out_y = self.brain_out(y_t, condition, t)
         region = self.lesion_region_weight(x0)  # Eq. 10 (ε) or its v form, lesion-weighted
-        loss_x = _weighted_mse(out_x, self.target(x0, t, noise_x), snr_w, region)
-        loss_y = _weighted_mse(out_y, self.target(y0, t, noise_y), snr_w, None)  # Eq. 11
-        return {"loss": loss_x + loss_y, "loss_lesion": loss_x, "loss_brain": loss_y}
+        target_x = self.target(x0, t, noise_x)
+        loss_x = _weighted_mse(out_x, target_x, self.snr_weight(t), region)
+        target_y = self.target(y0, t, noise_y, "brain")
+        loss_y = _weighted_mse(out_y, target_y, self.snr_weight(t, "brain"), None)  # Eq. 11
+        trained = {"lesion": loss_x, "brain": loss_y}
+        loss = sum(trained[b] for b in self.train_branches)
+        return {"loss": loss, "loss_lesion": loss_x, "loss_brain": loss_y}
 
-    def snr_weight(self, t: Tensor) -> Tensor | None:
+    def snr_weight(self, t: Tensor, branch: Branch = "lesion") -> Tensor | None:
         """Min-SNR-γ per-sample loss weight (Hang et al. 2023) of the branch target, or None.
 
-        ε: min(SNR, γ) / SNR; v: min(SNR, γ) / (SNR + 1); SNR = ᾱ / (1 − ᾱ).
+        ε: min(SNR, γ) / SNR; x0: min(SNR, γ); v: min(SNR, γ) / (SNR + 1); SNR = ᾱ / (1 − ᾱ).
         """
         if not self.min_snr_gamma:
             return None
         abar = self.schedule.alphas_cumprod.to(t.device)[t].float()
         snr = abar / (1.0 - abar)
         clipped = snr.clamp(max=self.min_snr_gamma)
-        return clipped / (snr if self.config.prediction == "eps" else snr + 1.0)
+        kind = self.config.prediction_of(branch)
+        if kind == "x0":
+            return clipped
+        return clipped / (snr if kind == "eps" else snr + 1.0)
 
     def lesion_region_weight(self, x0: Tensor) -> Tensor | None:
         """1 + lesion_weight on the lesion's entries dilated by lesion_dilate latent voxels.

@@ -49,6 +49,10 @@ class StageSettings(TrainConfig):
     lesion_weight: float = Field(default=0.0, ge=0)
     lesion_dilate: int = Field(default=1, ge=0)
     min_snr_gamma: float | None = Field(default=None, gt=0)
+    # Which sub-models the diffusion stage trains (with `weights`: fine-tune one, freeze the other).
+    train_branches: list[Literal["lesion", "brain"]] = Field(
+        default_factory=lambda: ["lesion", "brain"], min_length=1
+    )
 
 
 class DataSettings(BaseModel):
@@ -167,6 +171,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     model.latent_crop, model.lesion_fraction = d.latent_crop, d.lesion_fraction
     model.lesion_weight, model.lesion_dilate = d.lesion_weight, d.lesion_dilate
     model.min_snr_gamma = d.min_snr_gamma
+    model.train_branches = tuple(dict.fromkeys(d.train_branches))
     out.mkdir(parents=True, exist_ok=True)
     # One process group for both stages: re-creating it under torchrun's store can hang.
     with process_group(_group_device(cfg)):

@@ -61,7 +61,7 @@ def _brain_psnr(model, z: Tensor, x: Tensor, generator: torch.Generator) -> tupl
     [-1, 1]) and decoded to images (peak 1)."""
     t = _timesteps(model, BRAIN_T, z)
     y_t = q_sample(model.schedule, z, t, _randn(z, generator))
-    y_hat = model.x0_from(y_t, t, model.brain_out(y_t, x, t).float())
+    y_hat = model.x0_from(y_t, t, model.brain_out(y_t, x, t).float(), "brain")
     latent = _psnr(y_hat, z, peak=2.0)
     image = _psnr(model.decode(y_hat).clamp(0, 1), model.decode(z).clamp(0, 1), peak=1.0)
     return latent, image
