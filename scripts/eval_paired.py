@@ -174,7 +174,8 @@ def generate_metrics(
 ) -> dict:
     """Masks, lesion volumes, contrast sign and realism AUC of n generated triplets: joint
     (task a), or with `phantom_masks` the images for phantom lesion masks (task b)."""
-    from synthbrain.engines.paired.generation import make_triplets, phantom_mask
+    from synthbrain.engines.paired.generation import make_triplets
+    from synthbrain.engines.paired.mask_sources import phantom_mask
     from synthbrain.rng import derive_seed, generator_for
 
     brain_t = brain_tensor(bundle)

@@ -237,7 +237,8 @@ def generate(
     variants: int | None = None, anatomy: Path | None = None, masks: Path | str | None = None,
     layout: str = "flat", preview: bool = False, shard: str | tuple[int, int] | None = None,
     seed: int = 0, device: str = "auto", overwrite: bool = False, resume: bool = False,
-    spacing: str | None = None, precision: str | None = None, reporter: Reporter | None = None,
+    spacing: str | None = None, precision: str | None = None, lesion_volume: str | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Generate `n` triplets (pathological image, lesion mask, healthy substrate) and a manifest.
 
@@ -255,6 +256,8 @@ def generate(
         shard: "i/N" or (i, N); None reads Slurm's SLURM_ARRAY_* variables, else one shard.
         seed: the run seed; sample k depends on derive_seed(seed, k) alone.
         overwrite, resume: what to do with a folder holding a previous run.
+        lesion_volume: "MIN:MAX" ml (paired-only): keep only samples whose lesion volume is in
+            range (joint samples are redrawn from attempt seeds; phantom masks drawn in range).
 
     Returns:
         The JSON summary (written, skipped_finished, shard, weights, seconds, ...).

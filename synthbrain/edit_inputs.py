@@ -138,6 +138,10 @@ def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: b
         raise InputError("--anatomy must be a folder of NIfTI files", anatomy)
     if masks is not None and not (Path(masks).is_dir() or is_phantom_masks(masks)):
         raise InputError("--masks must be a folder of NIfTI files or 'phantom'", masks)
+    if options.get("lesion_volume") is not None:
+        from synthbrain.io.volume_range import parse_volume_range
+
+        parse_volume_range(options["lesion_volume"])
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError("output exists and is not a folder", out)
     check_writable(out, folder=True, what="run folder")

@@ -225,6 +225,15 @@ def generate(
             "drawn by the phantom corpus (paired: conditional generation, task b)."
         ),
     ] = None,
+    lesion_volume: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MIN:MAX",
+            help="Keep only lesions of MIN to MAX ml, e.g. 5:50 or 20: (paired engine). Joint "
+            "samples out of range are redrawn from the next derived seed (12 attempts, seeds in "
+            "the manifest); with --masks phantom the lesion is drawn in range.",
+        ),
+    ] = None,
     layout: Layout = "flat",
     preview: Annotated[bool, typer.Option(help="Write a tri-planar PNG per sample.")] = False,
     shard: Shard = None,

@@ -45,6 +45,7 @@ class _Generate(_Options):
 class PairedGenerate(_Generate):
     spacing: str | None = None
     precision: str | None = None
+    lesion_volume: str | None = None
 
 
 class DeviationGenerate(_Generate):

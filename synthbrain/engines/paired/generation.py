@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from synthbrain.engines.paired.guidance import (
     sample_given_mask,
     sample_joint,
 )
+from synthbrain.engines.paired.mask_sources import MaskFor, mask_provider
 from synthbrain.engines.paired.run import (
     DEFAULT_STEPS,
     SEAM_VOXELS,
@@ -28,14 +29,16 @@ from synthbrain.engines.paired.run import (
     load_bundle,
     soft_to_mask,
 )
+from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS, attempt_seed, mask_ml
 from synthbrain.errors import InputError
 from synthbrain.io.samples import GenerateJob, Preview, RunFolder, Sample, sample_id
+from synthbrain.io.volume_range import VolumeRange
 from synthbrain.progress import Reporter
 from synthbrain.rng import derive_seed, generator_for
 
 IDENTITY_KEYS = (
     "command", "engine", "lesion", "weights", "weights_sha256", "steps", "sampler", "spacing",
-    "seed", "layout", "masks", "precision", "substrate_t_start",
+    "seed", "layout", "masks", "precision", "substrate_t_start", "lesion_volume",
 )  # fmt: skip
 
 
@@ -48,93 +51,35 @@ class Triplet:
     healthy: np.ndarray
 
 
-def load_mask_folder(folder: Path, bundle: Bundle) -> list[np.ndarray]:
-    """Masks (MNI152 space, any grid) on the model grid, each checked against the brain."""
-    from synthbrain.io.geometry import resample_array
-    from synthbrain.io.nifti import load_volume
-    from synthbrain.io.validate import mask_brain_overlap
-    from synthbrain.spatial.template import MIN_MASK_OVERLAP, template_arrays
-
-    files = sorted(p for p in Path(folder).iterdir() if p.name.endswith((".nii", ".nii.gz")))
-    if not files:
-        raise InputError("no NIfTI masks (.nii, .nii.gz) in the folder", folder)
-    _, brain, affine = template_arrays(bundle.model.config.spacing, bundle.model.config.grid)
-    masks = []
-    for path in files:
-        mask = load_volume(path, kind="mask")
-        grid = resample_array(mask.data, mask.affine, brain.shape, affine, order=0) > 0
-        overlap = mask_brain_overlap(grid, brain)
-        if overlap < MIN_MASK_OVERLAP:
-            raise InputError(
-                f"only {100 * overlap:.0f}% of the mask lies inside the MNI152 brain (need "
-                f"{100 * MIN_MASK_OVERLAP:.0f}%); --masks expects masks in MNI152 space",
-                path,
-            )
-        masks.append(grid & (brain > 0))
-    return masks
-
-
-MaskFor = Callable[[int, int], np.ndarray]  # (sample index k, sample seed) -> mask on the grid
-
-
-def mask_provider(masks: Path | None, bundle: Bundle) -> tuple[MaskFor | None, str | None]:
-    """How sample k gets its mask (None: the joint sampler draws it) and its manifest name."""
-    from synthbrain.io.paths import is_phantom_masks
-
-    if masks is None:
-        return None, None
-    if is_phantom_masks(masks):
-        return (lambda k, seed: phantom_mask(bundle, derive_seed(seed, 1))), "phantom"
-    folder = load_mask_folder(masks, bundle)
-    return (lambda k, seed: folder[k % len(folder)]), "folder"
-
-
-def phantom_mask(bundle: Bundle, seed: int) -> np.ndarray:
-    """A lesion of the model's type drawn by the phantom corpus, on the model grid, in the brain.
-
-    The phantom subject's lesion sits in its own (warped MNI152) anatomy, so it lands near the
-    same structures of the template; a draw that leaves the template brain is redrawn.
-    """
-    from synthbrain.io.geometry import resample_array
-    from synthbrain.phantom import draw_subject, make_subject
-    from synthbrain.phantom.lesions import LESION_KINDS
-    from synthbrain.spatial.template import template_arrays
-
-    cfg = bundle.model.config
-    if cfg.lesion not in LESION_KINDS:
-        raise InputError(
-            f"--masks phantom: phantom lesions exist for {', '.join(LESION_KINDS)}, "
-            f"not {cfg.lesion!r}; give a folder of masks"
-        )
-    _, brain, affine = template_arrays(cfg.spacing, cfg.grid)
-    for attempt in range(8):
-        gen = generator_for(derive_seed(seed, attempt))
-        subject = make_subject(draw_subject(gen, lesion=cfg.lesion, contrasts=("t1",), spacing=2.0))
-        labels = (subject.labels > 0).astype(np.float32)
-        on_grid = resample_array(labels, subject.affine, brain.shape, affine, order=0) > 0.5
-        mask = on_grid & (brain > 0)
-        if mask.any():
-            return mask
-    raise RuntimeError(f"8 phantom lesion draws missed the template brain (seed {seed})")
-
-
 @torch.no_grad()
-def make_triplets(
+def draw_lesioned(
     bundle: Bundle,
     generators: list[torch.Generator],
     run: SamplerSettings,
     brain: torch.Tensor,
     masks: list[np.ndarray] | None = None,
-    substrate_steps: int | None = None,
-) -> list[Triplet]:
-    """Sample one triplet per generator (tasks a or b, then the healed substrate)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(brain latents y0, binary masks [B, 1, *grid]): task (a) from noise, or (b) given masks."""
     model, dev = bundle.model, bundle.device
     if masks is None:
         x0, y0 = sample_joint(model, generators, run)
-        mask = soft_to_mask(model, x0, brain)
-    else:
-        mask = torch.from_numpy(np.stack(masks))[:, None].to(dev)
-        y0 = sample_given_mask(model, model.mask_to_x(mask.float()), generators, run)
+        return y0, soft_to_mask(model, x0, brain)
+    mask = torch.from_numpy(np.stack(masks))[:, None].to(dev)
+    return sample_given_mask(model, model.mask_to_x(mask.float()), generators, run), mask
+
+
+@torch.no_grad()
+def finish_triplets(
+    bundle: Bundle,
+    y0: torch.Tensor,
+    mask: torch.Tensor,
+    generators: list[torch.Generator],
+    run: SamplerSettings,
+    brain: torch.Tensor,
+    substrate_steps: int | None = None,
+) -> list[Triplet]:
+    """Triplets of drawn samples: the healed substrate, decoded and composited with the image."""
+    model, dev = bundle.model, bundle.device
     y_heal = healed_substrate(bundle, y0, mask, generators, run, steps=substrate_steps)
     with autocast_for(dev, run.precision):
         image = decode_images(model, y0, brain)
@@ -144,6 +89,48 @@ def make_triplets(
         Triplet(image[i].cpu().numpy(), mask[i, 0].cpu().numpy(), healthy[i].cpu().numpy())
         for i in range(len(generators))
     ]
+
+
+def make_triplets(
+    bundle: Bundle,
+    generators: list[torch.Generator],
+    run: SamplerSettings,
+    brain: torch.Tensor,
+    masks: list[np.ndarray] | None = None,
+    substrate_steps: int | None = None,
+) -> list[Triplet]:
+    """Sample one triplet per generator (tasks a or b, then the healed substrate)."""
+    y0, mask = draw_lesioned(bundle, generators, run, brain, masks)
+    return finish_triplets(bundle, y0, mask, generators, run, brain, substrate_steps)
+
+
+def joint_in_range(
+    bundle: Bundle, seeds: list[int], run: SamplerSettings, brain: torch.Tensor,
+    volume: VolumeRange,
+) -> tuple[dict[int, Triplet], list[list[int]]]:  # fmt: skip
+    """Joint triplets whose lesion volume lies in `volume`, redrawn from attempt seeds.
+
+    Returns ({position in `seeds`: triplet} for the samples that met the range within
+    MAX_JOINT_ATTEMPTS, every attempt's seed per sample, in order).
+    """
+    spacing = bundle.model.config.spacing
+    pending, tried = list(range(len(seeds))), [[] for _ in seeds]
+    found: dict[int, Triplet] = {}
+    for attempt in range(MAX_JOINT_ATTEMPTS):
+        if not pending:
+            break
+        gens = []
+        for i in pending:
+            tried[i].append(attempt_seed(seeds[i], attempt))
+            gens.append(generator_for(tried[i][-1]))
+        y0, mask = draw_lesioned(bundle, gens, run, brain)
+        volumes = [mask_ml(m[0].cpu().numpy(), spacing) for m in mask]
+        ok = [j for j, ml in enumerate(volumes) if ml in volume]
+        if ok:
+            kept = finish_triplets(bundle, y0[ok], mask[ok], [gens[j] for j in ok], run, brain)
+            found.update({pending[j]: trip for j, trip in zip(ok, kept, strict=True)})
+        pending = [i for j, i in enumerate(pending) if j not in ok]
+    return found, tried
 
 
 def _volumes(t: Triplet, contrasts: list[str], affine: np.ndarray) -> dict[str, Any]:
@@ -191,31 +178,37 @@ def generate_job(
     seed: int,
     overwrite: bool,
     resume: bool,
+    volume: VolumeRange | None = None,
 ) -> GenerateJob:
     """This shard's samples as a job for the run layer (`synthbrain.runs.generate.run_job`)."""
     cfg = bundle.model.config
-    mask_for, mask_source = mask_provider(masks, bundle)
+    mask_for, mask_source = mask_provider(masks, bundle, volume)
     config = run_config(
         bundle, run, seed=seed, layout=layout, masks=str(masks) if masks else None, n=n,
         batch_size=batch_size, shard=f"{shard[0]}/{shard[1]}", device=str(bundle.device),
+        lesion_volume=None if volume is None else str(volume),
     )  # fmt: skip
     folder = RunFolder(
         Path(out), layout, config, "synthbrain-paired", tuple(cfg.contrasts),
         {"background": 0, "lesion": 1}, overwrite, resume, IDENTITY_KEYS,
     )  # fmt: skip
-    maker = _Maker(bundle, run, seed, mask_for, mask_source)
+    maker = _Maker(bundle, run, seed, mask_for, mask_source, volume)
 
     def summary(written: int, skipped: int, seconds: float) -> dict[str, Any]:
+        control = {} if volume is None else {
+            "lesion_volume": str(volume), "out_of_range": sorted(maker.out_of_range),
+        }  # fmt: skip
         return {
             "out": str(out), "engine": "paired", "weights": bundle.name,
             "weights_sha256": bundle.sha256, "written": written, "skipped_finished": skipped,
             "shard": f"{shard[0]}/{shard[1]}", "seed": seed, "steps": run.steps,
             "sampler": run.sampler, "device": str(bundle.device), "seconds": round(seconds, 2),
+            **control,
         }  # fmt: skip
 
     return GenerateJob(
         folder, "paired", n, shard, maker.make, f"generate {cfg.lesion}", summary,
-        batch_size=batch_size, preview=preview, after=maker.warn_empty,
+        batch_size=batch_size, preview=preview, after=maker.after,
     )  # fmt: skip
 
 
@@ -223,33 +216,57 @@ class _Maker:
     """Makes batches of paired samples; counts the empty masks for one warning at the end."""
 
     def __init__(self, bundle: Bundle, run: SamplerSettings, seed: int, mask_for: MaskFor | None,
-                 mask_source: str | None) -> None:  # fmt: skip
+                 mask_source: str | None, volume: VolumeRange | None = None) -> None:  # fmt: skip
         self.bundle, self.run, self.seed = bundle, run, seed
-        self.mask_for, self.mask_source = mask_for, mask_source
+        self.mask_for, self.mask_source, self.volume = mask_for, mask_source, volume
         self.brain, self.affine = brain_tensor(bundle), _grid_affine(bundle)
-        self.empty = 0
+        self.empty, self.out_of_range = 0, []
 
     def make(self, ks: list[int]) -> Iterator[Sample]:
         """Samples ks, drawn together; sample k from derive_seed(seed, k) alone."""
         t0 = time.perf_counter()
         seeds = [derive_seed(self.seed, k) for k in ks]
-        gens = [generator_for(s) for s in seeds]
-        given = (
-            [self.mask_for(k, s) for k, s in zip(ks, seeds, strict=True)] if self.mask_for else None
-        )
-        triplets = make_triplets(self.bundle, gens, self.run, self.brain, given)
+        tried: list[list[int]] | None = None
+        if self.volume is not None and self.mask_for is None:
+            found, tried = joint_in_range(self.bundle, seeds, self.run, self.brain, self.volume)
+        else:
+            gens = [generator_for(s) for s in seeds]
+            given = None
+            if self.mask_for is not None:
+                given = [self.mask_for(k, s) for k, s in zip(ks, seeds, strict=True)]
+            found = dict(enumerate(make_triplets(self.bundle, gens, self.run, self.brain, given)))
         seconds = (time.perf_counter() - t0) / len(ks)
-        for k, s, trip in zip(ks, seeds, triplets, strict=True):
-            self.empty += int(not trip.mask.any())
-            sid = sample_id("paired", k)
-            record = _record(self.bundle, self.run, k, s, seconds, self.mask_source)
-            vols = _volumes(trip, self.bundle.model.config.contrasts, self.affine)
-            yield Sample(k, sid, vols, record, Preview(trip.image[0], trip.mask, self.affine, sid))
+        for i, (k, s) in enumerate(zip(ks, seeds, strict=True)):
+            yield self._sample(k, s, found.get(i), seconds, None if tried is None else tried[i])
 
-    def warn_empty(self, reporter: Reporter) -> None:
+    def _sample(self, k: int, seed: int, trip: Triplet | None, seconds: float,
+                attempts: list[int] | None) -> Sample:  # fmt: skip
+        """Sample k for the writer; a sample that missed the volume range is not written."""
+        sid = sample_id("paired", k)
+        record = _record(self.bundle, self.run, k, seed, seconds, self.mask_source)
+        if self.volume is not None:
+            record["lesion_volume_range"] = str(self.volume)
+        if attempts is not None:
+            record["attempt_seeds"] = attempts
+        if trip is None:
+            self.out_of_range.append(k)
+            return Sample(k, sid, None, record)
+        self.empty += int(not trip.mask.any())
+        vols = _volumes(trip, self.bundle.model.config.contrasts, self.affine)
+        return Sample(k, sid, vols, record, Preview(trip.image[0], trip.mask, self.affine, sid))
+
+    def after(self, reporter: Reporter) -> None:
+        """The warnings of a finished run: empty masks, samples that missed the volume range."""
         if self.empty:
             reporter.warn(
                 f"{self.empty} generated mask(s) came out empty (the model drew no lesion)"
+            )
+        if self.out_of_range:
+            missed = ", ".join(map(str, self.out_of_range[:10]))
+            more = ", …" if len(self.out_of_range) > 10 else ""
+            reporter.warn(
+                f"{len(self.out_of_range)} sample(s) drew no lesion in {self.volume} ml in "
+                f"{MAX_JOINT_ATTEMPTS} attempts and were not written (indices {missed}{more})"
             )
 
 
@@ -299,6 +316,7 @@ def generate(
     resume: bool = False,
     spacing: str = "linspace",
     precision: str | None = None,
+    lesion_volume: str | None = None,
     **_: Any,
 ) -> GenerateJob:
     """`n` triplets (image, mask, healthy substrate) and a manifest in `out`, as a run job.
@@ -318,13 +336,38 @@ def generate(
         seed: the run seed; sample k uses derive_seed(seed, k) alone.
         overwrite, resume: what to do with a folder holding a previous run.
         precision: "fp32" or "bf16" (default bf16 on CUDA).
+        lesion_volume: "MIN:MAX" in ml: keep only samples whose lesion volume is in range
+            (joint: redrawn from attempt seeds; phantom masks: drawn in range; see
+            `paired.volume_control`). A folder of masks is used as given.
     """
     if anatomy is not None:
         raise InputError("--anatomy is for the deviation engine; the paired engine draws anatomy")
     bundle = load_bundle(weights, lesion, device, precision)
+    volume = _volume_control(bundle, lesion_volume, masks, seed)
     run = SamplerSettings(sampler, steps or DEFAULT_STEPS, spacing, 0.0, bundle.precision)
     return generate_job(
         bundle, Path(out), n=n, batch_size=batch_size, run=run, masks=masks, layout=layout,
         preview=preview, shard=tuple(shard or (0, 1)), seed=seed, overwrite=overwrite,
-        resume=resume,
+        resume=resume, volume=volume,
     )  # fmt: skip
+
+
+def _volume_control(
+    bundle: Bundle, text: str | None, masks: Path | str | None, seed: int
+) -> VolumeRange | None:
+    """The parsed --lesion-volume range, refused (exit 2) when this model cannot meet it."""
+    from synthbrain.engines.paired.volume_control import check_feasible
+    from synthbrain.io.paths import is_phantom_masks
+    from synthbrain.io.volume_range import parse_volume_range
+
+    if text is None:
+        return None
+    volume = parse_volume_range(text)
+    if masks is not None and not is_phantom_masks(masks):
+        raise InputError("--lesion-volume draws lesions in range: use it without --masks or "
+                         "with --masks phantom, not with a folder of masks")  # fmt: skip
+    cfg = bundle.model.config
+    brain_ml = mask_ml(brain_tensor(bundle).cpu().numpy() > 0, cfg.spacing)
+    check_feasible(volume, cfg.lesion, phantom_masks=masks is not None, seed=seed,
+                   brain_ml=brain_ml)  # fmt: skip
+    return volume

@@ -1,0 +1,88 @@
+"""`generate --lesion-volume MIN:MAX` for the paired engine: keep only lesions in a size range.
+
+Joint generation (task a) cannot ask the model for a size, so a sample whose lesion falls
+outside the range is redrawn from the next derived seed: attempt 0 uses the sample's own seed
+derive_seed(run seed, k) (so a sample in range is the file an unfiltered run writes), attempt
+j > 0 uses derive_seed(sample seed, ATTEMPT_SALT + j). Every attempt's seed goes into the
+manifest, so shards and resumed runs write the same files. After MAX_JOINT_ATTEMPTS misses the
+sample is not written and the run's summary lists it.
+
+With `--masks phantom` the phantom draws lesion parameters (about 3 ms each) until one is in
+range, so the size is met without sampling the model more than once.
+
+Before any work, a range the model cannot meet is refused (exit 2): for phantom masks, one that
+1,000 phantom draws never hit; for joint generation, one outside twice the support of the
+phantom corpus's volumes for the lesion type (1,000 joint draws would cost ~3 h of this CPU, so
+the training distribution stands in for them, widened because the joint sampler overshoots the
+training volumes, docs/paired.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from synthbrain.errors import InputError
+from synthbrain.io.volume_range import VolumeRange
+from synthbrain.rng import derive_seed, generator_for
+
+ATTEMPT_SALT = 1_000_000  # keeps attempt seeds apart from other derived seeds of a sample
+MAX_JOINT_ATTEMPTS = 12  # joint draws per sample (~10 s each on 2 CPU threads)
+MAX_PHANTOM_ATTEMPTS = 1000  # phantom lesion draws per sample (~3 ms each)
+JOINT_SUPPORT_WIDENING = 2.0
+
+
+def attempt_seed(sample_seed: int, attempt: int) -> int:
+    """The seed of attempt `attempt` of a sample (attempt 0: the sample's own seed)."""
+    return sample_seed if attempt == 0 else derive_seed(sample_seed, ATTEMPT_SALT + attempt)
+
+
+def voxel_ml(spacing: float) -> float:
+    """Volume of one isotropic model-grid voxel in ml."""
+    return float(spacing) ** 3 / 1000.0
+
+
+def mask_ml(mask: np.ndarray, spacing: float) -> float:
+    """Lesion volume of a model-grid mask in ml."""
+    return float(np.count_nonzero(mask)) * voxel_ml(spacing)
+
+
+def phantom_lesion_ml(lesion: str, seed: int) -> float:
+    """The target lesion volume (ml) of the phantom subject drawn from `seed` (no images)."""
+    from synthbrain.phantom import draw_subject
+
+    return draw_subject(generator_for(seed), lesion=lesion, contrasts=("t1",)).lesion.total_ml
+
+
+def check_feasible(volume: VolumeRange, lesion: str, *, phantom_masks: bool, seed: int,
+                   brain_ml: float) -> None:  # fmt: skip
+    """InputError (exit 2) for a range this model and mask source cannot meet."""
+    from synthbrain.phantom.lesions import VOLUME_RANGES_ML
+
+    if volume.low > brain_ml:
+        raise InputError(
+            f"--lesion-volume {volume}: larger than the model's whole brain ({brain_ml:.0f} ml)"
+        )
+    if phantom_masks:
+        _check_phantom_hits(volume, lesion, seed)
+        return
+    support = VOLUME_RANGES_ML.get(lesion)
+    if support is None:
+        return  # no known volume distribution for this lesion type: only the brain bounds it
+    low, high = support[0] / JOINT_SUPPORT_WIDENING, support[1] * JOINT_SUPPORT_WIDENING
+    if not volume.overlaps(low, high):
+        raise InputError(
+            f"--lesion-volume {volume}: outside what the {lesion} model draws (its training "
+            f"lesions span {support[0]:g}-{support[1]:g} ml; ranges within {low:g}-{high:g} ml "
+            "are tried)"
+        )
+
+
+def _check_phantom_hits(volume: VolumeRange, lesion: str, seed: int) -> None:
+    """A range 1,000 phantom lesion draws never hit is refused before any work."""
+    for attempt in range(MAX_PHANTOM_ATTEMPTS):
+        if phantom_lesion_ml(lesion, derive_seed(seed, ATTEMPT_SALT + attempt)) in volume:
+            return
+    raise InputError(
+        f"--lesion-volume {volume}: the phantom drew no {lesion} lesion in that range in "
+        f"{MAX_PHANTOM_ATTEMPTS} attempts"
+    )
