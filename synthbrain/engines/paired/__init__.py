@@ -17,9 +17,8 @@ from synthbrain.engines.paired.model import (  # the model API, re-exported
     PairedConfig,
     PairedModel,
     build_model,
-    depth_to_space,
-    space_to_depth,
 )
+from synthbrain.engines.paired.tensor_ops import depth_to_space, space_to_depth
 
 if TYPE_CHECKING:
     from synthbrain.io.samples import EditJob, GenerateJob

@@ -22,6 +22,12 @@ from torch import Tensor, nn
 
 from synthbrain.diffusion import Schedule, make_schedule, q_sample, to_x0_eps, v_from_x0_eps
 from synthbrain.engines.paired.data import crop_latents
+from synthbrain.engines.paired.tensor_ops import (
+    depth_to_space,
+    seeded_randn,
+    space_to_depth,
+    weighted_mse,
+)
 from synthbrain.engines.paired.wavelet import haar_forward, haar_inverse
 from synthbrain.nets import KLAutoencoder, UNet, autoencoder_loss
 
@@ -324,8 +330,8 @@ class PairedModel(nn.Module):
         b = y0.shape[0]
         t = torch.randint(0, self.schedule.T, (b,), generator=generator, device=generator.device)
         t = t.to(y0.device)
-        noise_x = _randn(x0, generator)
-        noise_y = _randn(y0, generator)
+        noise_x = seeded_randn(x0, generator)
+        noise_y = seeded_randn(y0, generator)
         x_t = q_sample(self.schedule, x0, t, noise_x)  # Eq. 4
         y_t = q_sample(self.schedule, y0, t, noise_y)  # Eq. 5
         with torch.set_grad_enabled(torch.is_grad_enabled() and "lesion" in self.train_branches):
@@ -340,9 +346,9 @@ class PairedModel(nn.Module):
             out_y = self.brain_out(y_t, condition, t)
         region = self.lesion_region_weight(x0)  # Eq. 10 (ε) or its v form, lesion-weighted
         target_x = self.target(x0, t, noise_x)
-        loss_x = _weighted_mse(out_x, target_x, self.snr_weight(t), region)
+        loss_x = weighted_mse(out_x, target_x, self.snr_weight(t), region)
         target_y = self.target(y0, t, noise_y, "brain")
-        loss_y = _weighted_mse(out_y, target_y, self.snr_weight(t, "brain"), None)  # Eq. 11
+        loss_y = weighted_mse(out_y, target_y, self.snr_weight(t, "brain"), None)  # Eq. 11
         trained = {"lesion": loss_x, "brain": loss_y}
         loss = sum(trained[b] for b in self.train_branches)
         return {"loss": loss, "loss_lesion": loss_x, "loss_brain": loss_y}
@@ -376,50 +382,6 @@ class PairedModel(nn.Module):
         if self.lesion_dilate:
             inside = F.max_pool3d(inside, k, stride=1, padding=self.lesion_dilate)
         return 1.0 + self.lesion_weight * inside
-
-
-def _weighted_mse(
-    out: Tensor, target: Tensor, per_sample: Tensor | None, region: Tensor | None
-) -> Tensor:
-    """Mean squared error, optionally weighted per sample and per voxel (normalised by the
-    voxel weights, so the loss keeps its scale)."""
-    err = (out.float() - target.float()) ** 2
-    if region is not None:
-        err = err * region
-    err = err.flatten(1).mean(1)
-    if region is not None:
-        err = err / region.flatten(1).mean(1)
-    if per_sample is not None:
-        err = err * per_sample
-    return err.mean()
-
-
-def _randn(like: Tensor, generator: torch.Generator) -> Tensor:
-    """Standard normal noise shaped like `like`, drawn from `generator` (on its device)."""
-    noise = torch.randn(like.shape, generator=generator, device=generator.device)
-    return noise.to(like.device, like.dtype)
-
-
-def space_to_depth(x: Tensor, factor: int) -> Tensor:
-    """[B, C, X, Y, Z] → [B, C·f³, X/f, Y/f, Z/f]: each f³ block folded into channels."""
-    if factor == 1:
-        return x
-    b, c, *size = x.shape
-    n = [s // factor for s in size]
-    x = x.reshape(b, c, n[0], factor, n[1], factor, n[2], factor)
-    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return x.reshape(b, c * factor**3, *n)
-
-
-def depth_to_space(x: Tensor, factor: int) -> Tensor:
-    """Inverse of `space_to_depth`."""
-    if factor == 1:
-        return x
-    b, cf, *n = x.shape
-    c = cf // factor**3
-    x = x.reshape(b, c, factor, factor, factor, *n)
-    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(b, c, *(s * factor for s in n))
 
 
 def build_model(config: PairedConfig | dict[str, Any], **kwargs: Any) -> PairedModel:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from synthbrain.diffusion import q_sample
+from synthbrain.engines.paired.tensor_ops import seeded_randn
 
 DICE_T = (100, 300, 500)
 BRAIN_T = 300
@@ -35,8 +36,8 @@ def validation_metrics(model, batch: dict[str, Tensor], generator: torch.Generat
     dices = []
     for t_val in DICE_T:
         t = _timesteps(model, t_val, z)
-        x_t = q_sample(model.schedule, x, t, _randn(x, generator))
-        y_t = q_sample(model.schedule, z, t, _randn(z, generator))
+        x_t = q_sample(model.schedule, x, t, seeded_randn(x, generator))
+        y_t = q_sample(model.schedule, z, t, seeded_randn(z, generator))
         x_hat = model.x0_from(x_t, t, model.lesion_out(x_t, y_t, t).float()).clamp(-1, 1)
         score = _dice(model.x_to_soft(x_hat) > 0.5, truth, has_lesion)
         out[f"dice_t{t_val}"] = score
@@ -60,7 +61,7 @@ def _brain_psnr(model, z: Tensor, x: Tensor, generator: torch.Generator) -> tupl
     """PSNR of the brain branch's ŷ0 at BRAIN_T: in latent units (peak 2: latents live in about
     [-1, 1]) and decoded to images (peak 1)."""
     t = _timesteps(model, BRAIN_T, z)
-    y_t = q_sample(model.schedule, z, t, _randn(z, generator))
+    y_t = q_sample(model.schedule, z, t, seeded_randn(z, generator))
     y_hat = model.x0_from(y_t, t, model.brain_out(y_t, x, t).float(), "brain")
     latent = _psnr(y_hat, z, peak=2.0)
     image = _psnr(model.decode(y_hat).clamp(0, 1), model.decode(z).clamp(0, 1), peak=1.0)
@@ -77,9 +78,3 @@ def _timesteps(model, t_of_1000: int, like: Tensor) -> Tensor:  # noqa: ANN001
     T = model.schedule.T
     t = min(T - 1, round(t_of_1000 * T / 1000))
     return torch.full((like.shape[0],), t, device=like.device)
-
-
-def _randn(like: Tensor, generator: torch.Generator) -> Tensor:
-    """Standard normal noise shaped like `like`, drawn on the generator's device."""
-    noise = torch.randn(like.shape, generator=generator, device=generator.device)
-    return noise.to(device=like.device, dtype=like.dtype)
