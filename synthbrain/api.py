@@ -12,6 +12,7 @@ from typing import Any
 
 from synthbrain import engines
 from synthbrain.config import PhantomConfig, PreprocessConfig, resolve, to_json_dict
+from synthbrain.engines.defaults import default_engine
 from synthbrain.errors import InputError
 from synthbrain.io.atomic import check_writable
 from synthbrain.progress import Reporter
@@ -267,7 +268,7 @@ def generate(
     from synthbrain.io.paths import is_phantom_masks
     from synthbrain.runs.generate import resolve_shard, run_job
 
-    engine = engine or ("deviation" if lesion == "tumor" else "paired")
+    engine = engine or default_engine("generate", lesion, weights)
     check_generate(out=Path(out), engine=engine, **options)
     if engine == "deviation" and is_phantom_masks(masks):
         options.pop("masks")  # the deviation engine's default mask source is the phantom's
@@ -299,7 +300,7 @@ def heal(
     options = _given({k_: v for k_, v in locals().items() if k_ not in ("scan", "mask", "engine")})
     from synthbrain.edit_inputs import check_edit
 
-    engine = engine or ("deviation" if mask is not None else "paired")
+    engine = engine or default_engine("heal", lesion, weights, mask)
     from synthbrain.runs.edit import write_edit
 
     inputs = check_edit(scan=scan, mask=mask, command="heal", engine=engine, **options)
@@ -329,7 +330,7 @@ def implant(
     options = _given({k: v for k, v in locals().items() if k not in ("scan", "mask", "engine")})
     from synthbrain.edit_inputs import check_edit
 
-    engine = engine or "paired"
+    engine = engine or default_engine("implant", lesion, weights)
     from synthbrain.runs.edit import write_edit
 
     inputs = check_edit(scan=scan, mask=mask, command="implant", engine=engine, **options)

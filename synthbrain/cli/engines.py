@@ -21,7 +21,13 @@ from synthbrain.cli.options import (
     app,
 )
 
-Engine = Annotated[str | None, typer.Option(help="paired | deviation (default: by command).")]
+Engine = Annotated[
+    str | None,
+    typer.Option(
+        help="paired | deviation (default: the engine of --weights, else by command and lesion; "
+        "docs/status.md says which and why)."
+    ),
+]
 Weights = Annotated[
     str | None, typer.Option(help="Weights name (see `synthbrain weights list`) or file path.")
 ]
