@@ -38,7 +38,8 @@ def joint_volumes(bundle, n: int, seed: int, volume) -> tuple[list[float], list[
     from synthbrain.engines.paired.generation import draw_lesioned
     from synthbrain.engines.paired.guidance import SamplerSettings
     from synthbrain.engines.paired.run import DEFAULT_STEPS, brain_tensor
-    from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS, attempt_seed, mask_ml
+    from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS, mask_ml
+    from synthbrain.phantom.volume_draws import attempt_seed
     from synthbrain.rng import derive_seed, generator_for
 
     run = SamplerSettings("ddim", DEFAULT_STEPS, "linspace", 0.0, bundle.precision)

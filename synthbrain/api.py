@@ -246,9 +246,10 @@ def generate(
     Args:
         out: the run folder, in `layout` (flat, bids, nnunet).
         n, lesion, engine, weights: how many (default: the engine's, 10 paired / 1 deviation; the
-            CLI's is 10), of which lesion (default: the engine's, stroke / tumor), by which engine
-            (default deviation for tumor, else paired), which weights (default: the registered
-            ones for `lesion`).
+            CLI's is 10), of which lesion (default: stroke without an engine, else the
+            engine's: stroke / tumor), by which engine (default: the engine of `weights`, else
+            by lesion type, `engines.defaults`), which weights (default: the registered ones
+            for `lesion`).
         batch_size, steps, sampler, spacing, precision: how the reverse process runs (None: the
             engine's default; spacing and precision are paired-only).
         eta, severity, variants, anatomy: deviation-only (given to paired: an InputError).
@@ -268,7 +269,9 @@ def generate(
     from synthbrain.io.paths import is_phantom_masks
     from synthbrain.runs.generate import resolve_shard, run_job
 
-    engine = engine or default_engine("generate", lesion, weights)
+    if engine is None:  # the default engine is chosen per lesion type, stroke when none given
+        options["lesion"] = lesion = lesion or "stroke"
+        engine = default_engine("generate", lesion, weights)
     check_generate(out=Path(out), engine=engine, **options)
     if engine == "deviation" and is_phantom_masks(masks):
         options.pop("masks")  # the deviation engine's default mask source is the phantom's

@@ -42,7 +42,7 @@ def test_weights_decide_the_engine_before_any_default(paired_file, tmp_path):
 def test_defaults_without_weights():
     assert default_engine("generate", "tumor", None) == "deviation"
     assert default_engine("generate", "wmh", None) == "paired"  # the only WMH weights
-    assert default_engine("generate", "stroke", None) == GENERATE_ENGINE.get("stroke", "paired")
+    assert default_engine("generate", "stroke", None) == GENERATE_ENGINE["stroke"] == "deviation"
     assert default_engine("heal", "stroke", None, mask=Path("m.nii.gz")) == "deviation"
     assert default_engine("heal", "stroke", None) == "paired"
     assert default_engine("implant", "stroke", None) == "paired"

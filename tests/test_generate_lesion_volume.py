@@ -180,8 +180,43 @@ def test_cli_bad_range_is_one_line_exit_2(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_cli_deviation_refuses_a_range(tmp_path, capsys):
-    args = ["generate", "--out", str(tmp_path / "o"), "--engine", "deviation", "--lesion-volume",
-            "1:5"]  # fmt: skip
-    code, err = _cli(args, capsys)
-    assert code == 2 and "only to --engine paired" in err
+@pytest.fixture(scope="module")
+def deviation_weights(tmp_path_factory) -> Path:
+    from synthbrain.engines.deviation.config import load_config
+    from synthbrain.engines.deviation.run import save_weights
+    from synthbrain.engines.deviation.tensors import DeviationModel
+
+    torch.manual_seed(0)
+    tiny = {"contrasts": ["t1"], "crop": 16, "min_size": 16, "margin_mm": 4.0,
+            "denoiser": {"base_channels": 8, "channel_mults": [1, 2], "attention_levels": [-1]},
+            "substrate": {"base_channels": 4, "channel_mults": [1, 2, 2, 2, 2],
+                          "attention_levels": []}}  # fmt: skip
+    model = DeviationModel(load_config(None, tiny))
+    return save_weights(model, tmp_path_factory.mktemp("dw") / "tiny-dev.safetensors")
+
+
+def _dev(out: Path, weights: Path, **kw):
+    options = dict(n=2, steps=2, weights=str(weights), seed=3, engine="deviation",
+                   lesion="stroke", device="cpu")  # fmt: skip
+    options.update(kw)
+    return api.generate(out=out, **options)
+
+
+def test_deviation_draws_phantom_lesions_in_range(tmp_path, deviation_weights):
+    _dev(tmp_path / "d", deviation_weights, lesion_volume="20:60")
+    records = _records(tmp_path / "d")
+    assert len(records) == 2
+    for rec in records.values():
+        assert 20 <= rec["lesion_ml"] <= 60 and rec["lesion_volume_range"] == "20:60"
+        assert rec["anatomy"] == rec["mask_source"]  # one phantom: its anatomy and its lesion
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert config["lesion_volume"] == "20:60"
+
+
+def test_deviation_refuses_ranges_it_cannot_meet(tmp_path, deviation_weights):
+    with pytest.raises(InputError, match="no stroke lesion in that range in 1000 attempts"):
+        _dev(tmp_path / "x", deviation_weights, lesion_volume="160:200")
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(InputError, match="not with a folder of masks"):
+        _dev(tmp_path / "x", deviation_weights, lesion_volume="1:5", masks=tmp_path / "masks")
+    assert not (tmp_path / "x").exists()

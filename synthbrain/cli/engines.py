@@ -235,9 +235,9 @@ def generate(
         str | None,
         typer.Option(
             metavar="MIN:MAX",
-            help="Keep only lesions of MIN to MAX ml, e.g. 5:50 or 20: (paired engine). Joint "
+            help="Keep only lesions of MIN to MAX ml, e.g. 5:50 or 20:. Paired joint "
             "samples out of range are redrawn from the next derived seed (12 attempts, seeds in "
-            "the manifest); with --masks phantom the lesion is drawn in range.",
+            "the manifest); phantom masks (both engines) are drawn in range.",
         ),
     ] = None,
     layout: Layout = "flat",

@@ -40,12 +40,12 @@ class _Generate(_Options):
     preview: bool | None = None
     shard: Any = None
     resume: bool | None = None
+    lesion_volume: str | None = None
 
 
 class PairedGenerate(_Generate):
     spacing: str | None = None
     precision: str | None = None
-    lesion_volume: str | None = None
 
 
 class DeviationGenerate(_Generate):

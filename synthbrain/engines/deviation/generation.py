@@ -29,7 +29,7 @@ def run_config(bundle: Bundle, sources: Sources, options: dict[str, Any]) -> dic
         "anatomy": str(options["anatomy"]) if options["anatomy"] else "phantom",
         "masks": str(options["masks"]) if options["masks"] else "phantom",
         "contrasts": list(sources.written_contrasts), "layout": options["layout"],
-        "n": options["n"],
+        "n": options["n"], "lesion_volume": options["lesion_volume"],
     }  # fmt: skip
 
 
@@ -61,13 +61,28 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     merged = {"lesion": "tumor", "weights": None, "steps": None, "sampler": None, "eta": None,
               "anatomy": None, "masks": None, "layout": "flat", "preview": False, "shard": None,
               "seed": 0, "device": "auto", "overwrite": False, "resume": False,
-              "severity": 1.0, "variants": 1, "n": 1}  # fmt: skip
+              "severity": 1.0, "variants": 1, "n": 1, "lesion_volume": None}  # fmt: skip
     merged.update({k: v for k, v in options.items() if v is not None})
     if not 0.0 <= float(merged["severity"]) <= 2.0:
         raise InputError(f"severity must lie in [0, 2], got {merged['severity']}")
     if int(merged["n"]) < 1 or not 1 <= int(merged["variants"]) <= 64:
         raise InputError("--n must be at least 1 and variants lie in [1, 64]")
     return merged
+
+
+def _volume_range(opt: dict[str, Any]):  # noqa: ANN202
+    """The parsed --lesion-volume (None without it), refused when the phantom cannot meet it."""
+    from synthbrain.io.volume_range import parse_volume_range
+    from synthbrain.phantom.volume_draws import check_phantom_hits
+
+    if opt["lesion_volume"] is None:
+        return None
+    volume = parse_volume_range(opt["lesion_volume"])
+    if opt["masks"] is not None:
+        raise InputError("--lesion-volume draws phantom lesions in range: use it without "
+                         "--masks, not with a folder of masks")  # fmt: skip
+    check_phantom_hits(volume, opt["lesion"], int(opt["seed"]))
+    return volume
 
 
 def make_sample(bundle: Bundle, sources: Sources, opt: dict, k: int) -> Sample:
@@ -93,6 +108,8 @@ def make_sample(bundle: Bundle, sources: Sources, opt: dict, k: int) -> Sample:
         "contrasts": list(contrasts), "box": facts["box"],
         "seconds": round(time.perf_counter() - t0, 3),
     }  # fmt: skip
+    if opt["lesion_volume"] is not None:
+        record["lesion_volume_range"] = opt["lesion_volume"]
     return Sample(k, sid, vols, record, _preview(sid, vols, contrasts[0], len(contrasts) > 1))
 
 
@@ -104,14 +121,18 @@ def generate(*, out: Path, **options: Any) -> GenerateJob:
     healthy scans or BraTS-style subject folders; default phantom anatomy), masks (folder of
     lesion masks or label maps, placed by world coordinates; default the phantom's lesion
     shapes), layout, preview, shard ((i, N), resolved by the run layer), seed, device,
-    overwrite, resume; and severity, variants (lesions per anatomy and mask), eta.
+    overwrite, resume; and severity, variants (lesions per anatomy and mask), eta;
+    lesion_volume ("MIN:MAX" ml: each pair's phantom lesion is drawn in range, see
+    `phantom.volume_draws`; refused with a folder of masks).
     """
     opt = _options(options)
     shard = tuple(opt["shard"] or (0, 1))
+    volume = _volume_range(opt)
     bundle = load_bundle(opt["weights"], lesion=opt["lesion"], device=opt["device"])
     cfg = bundle.model.config
     sources = Sources(contrasts=cfg.contrasts, lesion=opt["lesion"], spacing=cfg.spacing,
-                      anatomy=opt["anatomy"], masks=opt["masks"], labels=cfg.labels)  # fmt: skip
+                      anatomy=opt["anatomy"], masks=opt["masks"], labels=cfg.labels,
+                      volume=volume)  # fmt: skip
     folder = RunFolder(
         Path(out), opt["layout"], run_config(bundle, sources, opt), "synthbrain-deviation",
         tuple(sources.written_contrasts), {"background": 0, "lesion": 1}, opt["overwrite"],

@@ -75,16 +75,20 @@ class Sources:
         labels: which mask labels make the lesion ("any" or values), as in the model config.
     """
 
-    def __init__(self, *, contrasts, lesion, spacing, anatomy=None, masks=None, labels="any"):  # noqa: ANN001
+    def __init__(self, *, contrasts, lesion, spacing, anatomy=None, masks=None, labels="any",  # noqa: ANN001
+                 volume=None):  # fmt: skip
         if (anatomy is None or masks is None) and lesion not in PHANTOM_LESIONS:
             raise InputError(
                 f"phantom masks exist for {', '.join(PHANTOM_LESIONS)}, not {lesion!r}; "
                 "give --masks and --anatomy folders"
             )
         self.contrasts, self.lesion, self.spacing = tuple(contrasts), lesion, float(spacing)
-        self.labels = labels
+        self.labels, self.volume = labels, volume  # volume: a VolumeRange for phantom masks
         self.anatomies = anatomy_entries(anatomy, self.contrasts) if anatomy else None
         self.masks = mask_files(masks) if masks else None
+        if volume is not None and self.masks is not None:
+            raise InputError("--lesion-volume draws phantom lesions in range: use it without "
+                             "--masks, not with a folder of masks", masks)  # fmt: skip
 
     @property
     def written_contrasts(self) -> tuple[str, ...]:
@@ -100,6 +104,7 @@ class Sources:
         generator = generator_for(seed)
         phantom = None
         if self.anatomies is None or self.masks is None:
+            seed, generator = self._phantom_seed(seed, generator)
             phantom = self._phantom(generator)
         if self.anatomies is None:
             volumes = {c: Volume(phantom.healthy[c], phantom.affine) for c in self.contrasts}
@@ -112,6 +117,25 @@ class Sources:
                 primary = next(iter(volumes))
                 return Pair(subject_from_volumes(volumes, mask, primary), anatomy, mask_name)
         raise InputError(f"no mask of --masks reaches the brain of anatomy {anatomy}")
+
+    def _phantom_seed(self, seed: int, generator: torch.Generator) -> tuple[int, torch.Generator]:
+        """The pair's phantom seed and generator: its own, or with --lesion-volume the first
+        attempt seed whose lesion volume is in range (`phantom.volume_draws`)."""
+        from synthbrain.phantom.volume_draws import (
+            MAX_PHANTOM_ATTEMPTS,
+            attempt_seed,
+            phantom_lesion_ml,
+        )
+        from synthbrain.rng import generator_for
+
+        if self.volume is None:
+            return seed, generator
+        for attempt in range(MAX_PHANTOM_ATTEMPTS):
+            tried = attempt_seed(seed, attempt)
+            if phantom_lesion_ml(self.lesion, tried, self.contrasts) in self.volume:
+                return tried, generator_for(tried)
+        raise InputError(f"--lesion-volume {self.volume}: no phantom {self.lesion} lesion in "
+                         f"range in {MAX_PHANTOM_ATTEMPTS} draws (seed {seed})")  # fmt: skip
 
     def _phantom(self, generator: torch.Generator):  # noqa: ANN202
         """A phantom subject with a lesion of our kind (its healthy image is the anatomy)."""

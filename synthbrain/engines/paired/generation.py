@@ -29,10 +29,11 @@ from synthbrain.engines.paired.run import (
     load_bundle,
     soft_to_mask,
 )
-from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS, attempt_seed, mask_ml
+from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS, mask_ml
 from synthbrain.errors import InputError
 from synthbrain.io.samples import GenerateJob, Preview, RunFolder, Sample, sample_id
 from synthbrain.io.volume_range import VolumeRange
+from synthbrain.phantom.volume_draws import attempt_seed
 from synthbrain.progress import Reporter
 from synthbrain.rng import derive_seed, generator_for
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from synthbrain.engines.paired.run import Bundle
-from synthbrain.engines.paired.volume_control import MAX_PHANTOM_ATTEMPTS, mask_ml
+from synthbrain.engines.paired.volume_control import mask_ml
 from synthbrain.errors import InputError
 from synthbrain.io.volume_range import VolumeRange
+from synthbrain.phantom.volume_draws import MAX_PHANTOM_ATTEMPTS
 from synthbrain.rng import derive_seed, generator_for
 
 

@@ -23,17 +23,10 @@ import numpy as np
 
 from synthbrain.errors import InputError
 from synthbrain.io.volume_range import VolumeRange
-from synthbrain.rng import derive_seed, generator_for
+from synthbrain.phantom.volume_draws import check_phantom_hits
 
-ATTEMPT_SALT = 1_000_000  # keeps attempt seeds apart from other derived seeds of a sample
 MAX_JOINT_ATTEMPTS = 12  # joint draws per sample (~10 s each on 2 CPU threads)
-MAX_PHANTOM_ATTEMPTS = 1000  # phantom lesion draws per sample (~3 ms each)
 JOINT_SUPPORT_WIDENING = 2.0
-
-
-def attempt_seed(sample_seed: int, attempt: int) -> int:
-    """The seed of attempt `attempt` of a sample (attempt 0: the sample's own seed)."""
-    return sample_seed if attempt == 0 else derive_seed(sample_seed, ATTEMPT_SALT + attempt)
 
 
 def voxel_ml(spacing: float) -> float:
@@ -46,13 +39,6 @@ def mask_ml(mask: np.ndarray, spacing: float) -> float:
     return float(np.count_nonzero(mask)) * voxel_ml(spacing)
 
 
-def phantom_lesion_ml(lesion: str, seed: int) -> float:
-    """The target lesion volume (ml) of the phantom subject drawn from `seed` (no images)."""
-    from synthbrain.phantom import draw_subject
-
-    return draw_subject(generator_for(seed), lesion=lesion, contrasts=("t1",)).lesion.total_ml
-
-
 def check_feasible(volume: VolumeRange, lesion: str, *, phantom_masks: bool, seed: int,
                    brain_ml: float) -> None:  # fmt: skip
     """InputError (exit 2) for a range this model and mask source cannot meet."""
@@ -63,7 +49,7 @@ def check_feasible(volume: VolumeRange, lesion: str, *, phantom_masks: bool, see
             f"--lesion-volume {volume}: larger than the model's whole brain ({brain_ml:.0f} ml)"
         )
     if phantom_masks:
-        _check_phantom_hits(volume, lesion, seed)
+        check_phantom_hits(volume, lesion, seed)
         return
     support = VOLUME_RANGES_ML.get(lesion)
     if support is None:
@@ -75,14 +61,3 @@ def check_feasible(volume: VolumeRange, lesion: str, *, phantom_masks: bool, see
             f"lesions span {support[0]:g}-{support[1]:g} ml; ranges within {low:g}-{high:g} ml "
             "are tried)"
         )
-
-
-def _check_phantom_hits(volume: VolumeRange, lesion: str, seed: int) -> None:
-    """A range 1,000 phantom lesion draws never hit is refused before any work."""
-    for attempt in range(MAX_PHANTOM_ATTEMPTS):
-        if phantom_lesion_ml(lesion, derive_seed(seed, ATTEMPT_SALT + attempt)) in volume:
-            return
-    raise InputError(
-        f"--lesion-volume {volume}: the phantom drew no {lesion} lesion in that range in "
-        f"{MAX_PHANTOM_ATTEMPTS} attempts"
-    )
