@@ -73,6 +73,7 @@ def stats(values: list[float], volume) -> dict:
 def figure(path: Path, series: dict[str, tuple[list[float], list[float]]], volume) -> None:
     """One histogram panel per mask source: without and with the control, range shaded."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,6 +87,9 @@ def figure(path: Path, series: dict[str, tuple[list[float], list[float]]], volum
                 label=f"--lesion-volume {volume}")  # fmt: skip
         ax.axvspan(volume.low, min(volume.high, bins[-1]), color="grey", alpha=0.15)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(title=f"{title} ({len(plain)} samples)", xlabel="lesion volume (ml)",
                ylabel="samples")  # fmt: skip
         ax.legend(fontsize=8)
@@ -105,7 +109,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--png", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--replot", type=Path, default=None, help="redraw a --json file's figure")
     args = parser.parse_args()
+    if args.replot is not None:
+        from synthbrain.io.volume_range import parse_volume_range
+
+        saved = json.loads(args.replot.read_text())
+        figure(args.png, saved["series"], parse_volume_range(saved["range"]))
+        return
 
     import torch
 
