@@ -5,22 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from synthbrain.engines.defaults import GENERATE_ENGINE, default_engine, engine_of
+from tests.tiny_models import tiny_paired_bundle
 
 
 @pytest.fixture(scope="module")
 def paired_file(tmp_path_factory) -> Path:
-    from synthbrain.engines.paired.model import PairedConfig, PairedModel
-    from synthbrain.engines.paired.training import export_bundle
-
-    torch.manual_seed(0)
-    cfg = PairedConfig(
-        grid=(16, 16, 16), spacing=12.0, ae_base_channels=4, ae_channel_mults=(1, 2, 2),
-        denoiser_base_channels=8, denoiser_channel_mults=(1,), denoiser_attention_levels=(),
-    )  # fmt: skip
-    return export_bundle(PairedModel(cfg), tmp_path_factory.mktemp("w") / "tiny.safetensors", {})
+    return tiny_paired_bundle(tmp_path_factory.mktemp("w"))
 
 
 def test_the_engine_of_weights_comes_from_the_registry_or_the_file(paired_file, tmp_path):

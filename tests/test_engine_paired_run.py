@@ -8,30 +8,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from niftis import AFFINE_LPS, AFFINE_OBLIQUE, AFFINE_PIR, centred, write_nifti
 
 from synthbrain import api
 from synthbrain.errors import EngineUnavailable, InputError
 from synthbrain.io.geometry import resample_array
+from tests.tiny_models import tiny_paired_bundle
 
 GRID, SPACING = (16, 16, 16), 12.0
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from synthbrain.engines.paired.model import PairedConfig, PairedModel
-    from synthbrain.engines.paired.training import export_bundle
-
-    torch.manual_seed(0)
-    cfg = PairedConfig(
-        grid=GRID, spacing=SPACING, ae_base_channels=4, ae_channel_mults=(1, 2, 2),
-        denoiser_base_channels=8, denoiser_channel_mults=(1,), denoiser_attention_levels=(),
-    )  # fmt: skip
-    model = PairedModel(cfg)
-    for p in model.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
-    return export_bundle(model, tmp_path_factory.mktemp("w") / "tiny.safetensors", {})
+    return tiny_paired_bundle(tmp_path_factory.mktemp("w"), jitter=0.05)
 
 
 def _gen(out: Path, weights: Path, **kw):

@@ -14,6 +14,7 @@ import torch
 from synthbrain import api
 from synthbrain.errors import InputError
 from synthbrain.io.volume_range import VolumeRange, parse_volume_range
+from tests.tiny_models import tiny_paired_bundle
 
 GRID, SPACING = (16, 16, 16), 12.0
 VOXEL_ML = SPACING**3 / 1000.0
@@ -21,15 +22,7 @@ VOXEL_ML = SPACING**3 / 1000.0
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from synthbrain.engines.paired.model import PairedConfig, PairedModel
-    from synthbrain.engines.paired.training import export_bundle
-
-    torch.manual_seed(0)
-    cfg = PairedConfig(
-        grid=GRID, spacing=SPACING, ae_base_channels=4, ae_channel_mults=(1, 2, 2),
-        denoiser_base_channels=8, denoiser_channel_mults=(1,), denoiser_attention_levels=(),
-    )  # fmt: skip
-    return export_bundle(PairedModel(cfg), tmp_path_factory.mktemp("w") / "tiny.safetensors", {})
+    return tiny_paired_bundle(tmp_path_factory.mktemp("w"))
 
 
 @pytest.mark.parametrize(
