@@ -41,8 +41,8 @@ def run(args: list[str], capsys) -> tuple[int, str]:
 @needs_weights
 def test_generate_with_embedded_weights(tmp_path, capsys):
     out = tmp_path / "synth"
-    code, stdout = run(["generate", "--n", "1", "--lesion", "stroke", "--out", str(out),
-                        "--steps", "3", "--json"], capsys)  # fmt: skip
+    code, stdout = run(["generate", "--engine", "paired", "--n", "1", "--lesion", "stroke",
+                        "--out", str(out), "--steps", "3", "--json"], capsys)  # fmt: skip
     assert code == 0, stdout
     summary = json.loads(stdout)
     assert summary["weights"] == "paired-stroke-2mm" and summary["written"] == 1
