@@ -7,8 +7,8 @@ from pathlib import Path
 
 # The engine `generate --lesion L` uses without --engine, chosen per lesion type by the shared
 # held-out table in docs/status.md ("Default engines"); lesion types not listed use paired.
-# stroke: deviation (lesion-patch realism AUC 0.37 vs 0.91, whole-image 0.47 vs 0.96, 20/20 vs
-# 12/20 triplets consistent; 20 samples each against phantom:20). WMH has paired weights only.
+# stroke: deviation (lesion-patch realism AUC 0.37 vs 0.84, whole-image 0.47 vs 0.97, 20/20 vs
+# 14/20 triplets consistent; 20 samples each against phantom:20). WMH has paired weights only.
 GENERATE_ENGINE = {"tumor": "deviation", "stroke": "deviation"}
 
 
