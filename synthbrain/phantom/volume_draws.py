@@ -35,6 +35,6 @@ def check_phantom_hits(volume: VolumeRange, lesion: str, seed: int) -> None:
         if phantom_lesion_ml(lesion, attempt_seed(seed, attempt + 1)) in volume:
             return
     raise InputError(
-        f"--lesion-volume {volume}: the phantom drew no {lesion} lesion in that range in "
+        f"--lesion-volume '{volume}': the phantom drew no {lesion} lesion in that range in "
         f"{MAX_PHANTOM_ATTEMPTS} attempts"
     )

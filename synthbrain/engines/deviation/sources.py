@@ -134,7 +134,7 @@ class Sources:
             tried = attempt_seed(seed, attempt)
             if phantom_lesion_ml(self.lesion, tried, self.contrasts) in self.volume:
                 return tried, generator_for(tried)
-        raise InputError(f"--lesion-volume {self.volume}: no phantom {self.lesion} lesion in "
+        raise InputError(f"--lesion-volume '{self.volume}': no phantom {self.lesion} lesion in "
                          f"range in {MAX_PHANTOM_ATTEMPTS} draws (seed {seed})")  # fmt: skip
 
     def _phantom(self, generator: torch.Generator):  # noqa: ANN202

@@ -46,7 +46,7 @@ def check_feasible(volume: VolumeRange, lesion: str, *, phantom_masks: bool, see
 
     if volume.low > brain_ml:
         raise InputError(
-            f"--lesion-volume {volume}: larger than the model's whole brain ({brain_ml:.0f} ml)"
+            f"--lesion-volume '{volume}': larger than the model's whole brain ({brain_ml:.0f} ml)"
         )
     if phantom_masks:
         check_phantom_hits(volume, lesion, seed)
@@ -57,7 +57,7 @@ def check_feasible(volume: VolumeRange, lesion: str, *, phantom_masks: bool, see
     low, high = support[0] / JOINT_SUPPORT_WIDENING, support[1] * JOINT_SUPPORT_WIDENING
     if not volume.overlaps(low, high):
         raise InputError(
-            f"--lesion-volume {volume}: outside what the {lesion} model draws (its training "
+            f"--lesion-volume '{volume}': outside what the {lesion} model draws (its training "
             f"lesions span {support[0]:g}-{support[1]:g} ml; ranges within {low:g}-{high:g} ml "
             "are tried)"
         )
