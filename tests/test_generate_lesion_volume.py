@@ -64,6 +64,7 @@ def test_a_range_that_takes_everything_writes_the_unfiltered_files(tmp_path, wei
         assert rec["attempt_seeds"] == [rec["seed"]] and rec["lesion_volume_range"] == "0:"
     config = json.loads((tmp_path / "ranged" / "config.json").read_text())
     assert config["lesion_volume"] == "0:"
+    assert "lesion_volume" not in json.loads((tmp_path / "plain" / "config.json").read_text())
 
 
 @pytest.fixture

@@ -29,7 +29,9 @@ def run_config(bundle: Bundle, sources: Sources, options: dict[str, Any]) -> dic
         "anatomy": str(options["anatomy"]) if options["anatomy"] else "phantom",
         "masks": str(options["masks"]) if options["masks"] else "phantom",
         "contrasts": list(sources.written_contrasts), "layout": options["layout"],
-        "n": options["n"], "lesion_volume": options["lesion_volume"],
+        "n": options["n"],
+        # only when given, so runs made before the option existed still resume
+        **({} if options["lesion_volume"] is None else {"lesion_volume": options["lesion_volume"]}),
     }  # fmt: skip
 
 

@@ -187,7 +187,8 @@ def generate_job(
     config = run_config(
         bundle, run, seed=seed, layout=layout, masks=str(masks) if masks else None, n=n,
         batch_size=batch_size, shard=f"{shard[0]}/{shard[1]}", device=str(bundle.device),
-        lesion_volume=None if volume is None else str(volume),
+        # only when given, so runs made before the option existed still resume
+        **({} if volume is None else {"lesion_volume": str(volume)}),
     )  # fmt: skip
     folder = RunFolder(
         Path(out), layout, config, "synthbrain-paired", tuple(cfg.contrasts),
