@@ -142,6 +142,9 @@ def check_generate(*, out: Path, engine: str, overwrite: bool = False, resume: b
         from synthbrain.io.volume_range import parse_volume_range
 
         parse_volume_range(options["lesion_volume"])
+        if masks is not None and not is_phantom_masks(masks):
+            raise InputError("--lesion-volume draws lesions in range: use it without --masks or "
+                             "with --masks phantom, not with a folder of masks", masks)  # fmt: skip
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError("output exists and is not a folder", out)
     check_writable(out, folder=True, what="run folder")

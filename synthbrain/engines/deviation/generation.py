@@ -73,16 +73,14 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _volume_range(opt: dict[str, Any]):  # noqa: ANN202
-    """The parsed --lesion-volume (None without it), refused when the phantom cannot meet it."""
+    """The parsed --lesion-volume (None without it), refused when the phantom cannot meet it (a
+    folder of masks with a range is refused by `edit_inputs.check_generate`)."""
     from synthbrain.io.volume_range import parse_volume_range
     from synthbrain.phantom.volume_draws import check_phantom_hits
 
     if opt["lesion_volume"] is None:
         return None
     volume = parse_volume_range(opt["lesion_volume"])
-    if opt["masks"] is not None:
-        raise InputError("--lesion-volume draws phantom lesions in range: use it without "
-                         "--masks, not with a folder of masks")  # fmt: skip
     check_phantom_hits(volume, opt["lesion"], int(opt["seed"]))
     return volume
 

@@ -86,9 +86,6 @@ class Sources:
         self.labels, self.volume = labels, volume  # volume: a VolumeRange for phantom masks
         self.anatomies = anatomy_entries(anatomy, self.contrasts) if anatomy else None
         self.masks = mask_files(masks) if masks else None
-        if volume is not None and self.masks is not None:
-            raise InputError("--lesion-volume draws phantom lesions in range: use it without "
-                             "--masks, not with a folder of masks", masks)  # fmt: skip
 
     @property
     def written_contrasts(self) -> tuple[str, ...]:

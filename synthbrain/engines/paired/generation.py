@@ -357,17 +357,14 @@ def generate(
 def _volume_control(
     bundle: Bundle, text: str | None, masks: Path | str | None, seed: int
 ) -> VolumeRange | None:
-    """The parsed --lesion-volume range, refused (exit 2) when this model cannot meet it."""
+    """The parsed --lesion-volume range, refused (exit 2) when this model cannot meet it (a
+    folder of masks with a range is refused by `edit_inputs.check_generate`)."""
     from synthbrain.engines.paired.volume_control import check_feasible
-    from synthbrain.io.paths import is_phantom_masks
     from synthbrain.io.volume_range import parse_volume_range
 
     if text is None:
         return None
     volume = parse_volume_range(text)
-    if masks is not None and not is_phantom_masks(masks):
-        raise InputError("--lesion-volume draws lesions in range: use it without --masks or "
-                         "with --masks phantom, not with a folder of masks")  # fmt: skip
     cfg = bundle.model.config
     brain_ml = mask_ml(brain_tensor(bundle).cpu().numpy() > 0, cfg.spacing)
     check_feasible(volume, cfg.lesion, phantom_masks=masks is not None, seed=seed,
