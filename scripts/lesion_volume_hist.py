@@ -23,27 +23,29 @@ import numpy as np
 
 def phantom_volumes(bundle, n: int, seed: int, volume) -> list[float]:
     """Volumes (ml) of the phantom masks of samples 0 … n − 1 (`volume`: drawn in range)."""
+    from synthbrain.engines.paired.generation import grid_affine
     from synthbrain.engines.paired.mask_sources import phantom_mask
-    from synthbrain.engines.paired.volume_control import mask_ml
+    from synthbrain.io.outputs import lesion_volume_ml
     from synthbrain.rng import derive_seed
 
-    spacing = bundle.model.config.spacing
-    return [mask_ml(phantom_mask(bundle, derive_seed(derive_seed(seed, k), 1), volume), spacing)
-            for k in range(n)]  # fmt: skip
+    affine = grid_affine(bundle)
+    return [lesion_volume_ml(phantom_mask(bundle, derive_seed(derive_seed(seed, k), 1), volume),
+                             affine) for k in range(n)]  # fmt: skip
 
 
 def joint_volumes(bundle, n: int, seed: int, volume) -> tuple[list[float], list[int]]:
     """Joint masks' volumes of samples 0 … n − 1 and attempts used (`volume`: redrawn in range;
     a sample that misses every attempt keeps NaN)."""
-    from synthbrain.engines.paired.generation import draw_lesioned
+    from synthbrain.engines.paired.generation import draw_lesioned, grid_affine
     from synthbrain.engines.paired.guidance import SamplerSettings
     from synthbrain.engines.paired.run import DEFAULT_STEPS, brain_tensor
-    from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS, mask_ml
+    from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS
+    from synthbrain.io.outputs import lesion_volume_ml
     from synthbrain.phantom.volume_draws import attempt_seed
     from synthbrain.rng import derive_seed, generator_for
 
     run = SamplerSettings("ddim", DEFAULT_STEPS, "linspace", 0.0, bundle.precision)
-    brain, spacing = brain_tensor(bundle), bundle.model.config.spacing
+    brain, affine = brain_tensor(bundle), grid_affine(bundle)
     volumes, attempts = [], []
     for k in range(n):
         ml, used = float("nan"), 0
@@ -51,7 +53,7 @@ def joint_volumes(bundle, n: int, seed: int, volume) -> tuple[list[float], list[
             used += 1
             gen = generator_for(attempt_seed(derive_seed(seed, k), attempt))
             mask = draw_lesioned(bundle, [gen], run, brain)[1][0, 0]
-            drawn = mask_ml(mask.cpu().numpy(), spacing)
+            drawn = lesion_volume_ml(mask.cpu().numpy(), affine)
             if volume is None or drawn in volume:
                 ml = drawn
                 break

@@ -29,8 +29,9 @@ from synthbrain.engines.paired.run import (
     load_bundle,
     soft_to_mask,
 )
-from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS, mask_ml
+from synthbrain.engines.paired.volume_control import MAX_JOINT_ATTEMPTS
 from synthbrain.errors import InputError
+from synthbrain.io.outputs import lesion_volume_ml
 from synthbrain.io.samples import GenerateJob, Preview, RunFolder, Sample, sample_id
 from synthbrain.io.volume_range import VolumeRange
 from synthbrain.phantom.volume_draws import attempt_seed
@@ -114,7 +115,7 @@ def joint_in_range(
     Returns ({position in `seeds`: triplet} for the samples that met the range within
     MAX_JOINT_ATTEMPTS, every attempt's seed per sample, in order).
     """
-    spacing = bundle.model.config.spacing
+    affine = grid_affine(bundle)
     pending, tried = list(range(len(seeds))), [[] for _ in seeds]
     found: dict[int, Triplet] = {}
     for attempt in range(MAX_JOINT_ATTEMPTS):
@@ -125,7 +126,7 @@ def joint_in_range(
             tried[i].append(attempt_seed(seeds[i], attempt))
             gens.append(generator_for(tried[i][-1]))
         y0, mask = draw_lesioned(bundle, gens, run, brain)
-        volumes = [mask_ml(m[0].cpu().numpy(), spacing) for m in mask]
+        volumes = [lesion_volume_ml(m[0].cpu().numpy(), affine) for m in mask]
         ok = [j for j, ml in enumerate(volumes) if ml in volume]
         if ok:
             kept = finish_triplets(bundle, y0[ok], mask[ok], [gens[j] for j in ok], run, brain)
@@ -221,7 +222,7 @@ class _Maker:
                  mask_source: str | None, volume: VolumeRange | None = None) -> None:  # fmt: skip
         self.bundle, self.run, self.seed = bundle, run, seed
         self.mask_for, self.mask_source, self.volume = mask_for, mask_source, volume
-        self.brain, self.affine = brain_tensor(bundle), _grid_affine(bundle)
+        self.brain, self.affine = brain_tensor(bundle), grid_affine(bundle)
         self.empty, self.out_of_range = 0, []
 
     def make(self, ks: list[int]) -> Iterator[Sample]:
@@ -272,7 +273,7 @@ class _Maker:
             )
 
 
-def _grid_affine(bundle: Bundle) -> np.ndarray:
+def grid_affine(bundle: Bundle) -> np.ndarray:
     """The model grid's affine (MNI152 space)."""
     from synthbrain.spatial.template import template_arrays
 
@@ -366,7 +367,7 @@ def _volume_control(
         return None
     volume = parse_volume_range(text)
     cfg = bundle.model.config
-    brain_ml = mask_ml(brain_tensor(bundle).cpu().numpy() > 0, cfg.spacing)
+    brain_ml = lesion_volume_ml(brain_tensor(bundle).cpu().numpy() > 0, grid_affine(bundle))
     check_feasible(volume, cfg.lesion, phantom_masks=masks is not None, seed=seed,
                    brain_ml=brain_ml)  # fmt: skip
     return volume

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from synthbrain.engines.paired.run import Bundle
-from synthbrain.engines.paired.volume_control import mask_ml
 from synthbrain.errors import InputError
+from synthbrain.io.outputs import lesion_volume_ml
 from synthbrain.io.volume_range import VolumeRange
 from synthbrain.phantom.volume_draws import MAX_PHANTOM_ATTEMPTS
 from synthbrain.rng import derive_seed, generator_for
@@ -88,7 +88,7 @@ def phantom_mask(bundle: Bundle, seed: int, volume: VolumeRange | None = None) -
         labels = (subject.labels > 0).astype(np.float32)
         on_grid = resample_array(labels, subject.affine, brain.shape, affine, order=0) > 0.5
         mask = on_grid & (brain > 0)
-        if mask.any() and (volume is None or mask_ml(mask, cfg.spacing) in volume):
+        if mask.any() and (volume is None or lesion_volume_ml(mask, affine) in volume):
             return mask
     within = "" if volume is None else f" with a volume in {volume} ml"
     raise RuntimeError(f"{attempts} phantom lesion draws found none in the template brain"

@@ -19,24 +19,12 @@ training volumes, docs/paired.md).
 
 from __future__ import annotations
 
-import numpy as np
-
 from synthbrain.errors import InputError
 from synthbrain.io.volume_range import VolumeRange
 from synthbrain.phantom.volume_draws import check_phantom_hits
 
 MAX_JOINT_ATTEMPTS = 12  # joint draws per sample (~10 s each on 2 CPU threads)
 JOINT_SUPPORT_WIDENING = 2.0
-
-
-def voxel_ml(spacing: float) -> float:
-    """Volume of one isotropic model-grid voxel in ml."""
-    return float(spacing) ** 3 / 1000.0
-
-
-def mask_ml(mask: np.ndarray, spacing: float) -> float:
-    """Lesion volume of a model-grid mask in ml."""
-    return float(np.count_nonzero(mask)) * voxel_ml(spacing)
 
 
 def check_feasible(volume: VolumeRange, lesion: str, *, phantom_masks: bool, seed: int,
