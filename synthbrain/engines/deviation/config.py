@@ -55,6 +55,9 @@ class Sampling(BaseModel):
     steps: int = Field(default=25, ge=1)
     sampler: Literal["ddim", "ddpm", "dpm++"] = "ddim"
     eta: float = Field(default=1.0, ge=0)
+    val_steps: int = Field(
+        default=0, ge=0, description="validation implants lesions with this many steps (0: off)"
+    )
 
 
 class DeviationConfig(BaseModel):

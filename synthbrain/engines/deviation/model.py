@@ -32,6 +32,7 @@ from synthbrain.engines.deviation.ops import (
     masked_mean,
     ring_weight,
 )
+from synthbrain.engines.deviation.validation import implant_metrics
 from synthbrain.nets import UNet
 
 
@@ -146,7 +147,8 @@ class DeviationModel(nn.Module):
     def validation_step(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict:
         """The training losses on a validation batch, as floats; with a true substrate in the
         batch also the in-lesion L1 of the substrate (sub_l1) and of Inp alone (inp_l1), the
-        task metric that selects the substrate (all contrasts given, as heal sees them)."""
+        task metric that selects the substrate (all contrasts given, as heal sees them), and with
+        `[sampling] val_steps` the realism of implanted lesions (`validation.implant_metrics`)."""
         out = {k: float(v) for k, v in self.training_step(batch, generator).items()}
         if self.substrate is None or "healthy" not in batch:
             return out
@@ -157,6 +159,9 @@ class DeviationModel(nn.Module):
         x_ph = harmonic_fill(x, m, iterations=self.config.inpaint_iterations)
         out["sub_l1"] = float(masked_mean((x_sub - healthy).abs(), inside))
         out["inp_l1"] = float(masked_mean((x_ph - healthy).abs(), inside))
+        if self.config.sampling.val_steps and self.config.space == "deviation":
+            steps = self.config.sampling.val_steps
+            out.update(implant_metrics(self, x, m, healthy, generator, steps))
         return out
 
     def window(

@@ -1,0 +1,45 @@
+"""Validation by the task for the deviation engine: implanted lesions against true ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthbrain.engines.deviation.validation import lesion_statistics, stat_gap
+from tests.test_deviation_substrate import batch, residual_model
+
+
+def test_lesion_statistics_match_numpy_on_the_mask():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 8, 8, generator=g)
+    m = torch.zeros(1, 1, 8, 8)
+    m[..., 2:6, 1:7] = 1
+    stats = lesion_statistics(x, m)[0, 0]
+    v = x[m > 0].double()
+    sd = v.std(unbiased=False)
+    assert float(stats[0]) == pytest.approx(float(v.mean()), abs=1e-6)
+    assert float(stats[1]) == pytest.approx(float(sd), abs=1e-6)
+    assert float(stats[2]) == pytest.approx(float(((v - v.mean()) ** 3).mean() / sd**3), abs=1e-4)
+    box = x[0, 0, 2:6, 1:7]
+    down, across = (box[1:] - box[:-1]).abs(), (box[:, 1:] - box[:, :-1]).abs()
+    pairs = torch.cat([down.flatten(), across.flatten()])
+    assert float(stats[3]) == pytest.approx(float(pairs.mean()), abs=1e-6)
+
+
+def test_stat_gap_is_zero_for_the_same_lesions_and_grows_with_a_shift():
+    g = torch.Generator().manual_seed(1)
+    true = torch.rand(8, 2, 4, generator=g)
+    assert torch.all(stat_gap(true, true) == 0)
+    assert torch.all(stat_gap(true + 0.5, true) > stat_gap(true + 0.1, true))
+
+
+def test_validation_reports_implant_realism_only_when_asked():
+    data = batch(4, 16)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = residual_model().validation_step(data, gen())
+    assert "stat_gap" not in plain
+    model = residual_model(sampling={"val_steps": 2})
+    first = model.validation_step(data, gen())
+    assert first["stat_gap"] >= 0 and first["diversity"] > 0  # two draws differ
+    assert {"gap_mean", "gap_std", "gap_skewness", "gap_texture"} <= set(first)
+    assert model.validation_step(data, gen())["stat_gap"] == first["stat_gap"]  # seeded
