@@ -151,6 +151,34 @@ def diversity(images: list[np.ndarray], m: np.ndarray) -> float:
     return float(np.mean([np.abs(a - b)[inside].mean() for a, b in pairs]))
 
 
+def aligned_l1(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean L1 between two lesions' deviations (true image − substrate) [C, *sp], their masks
+    [*sp] placed on each other by the masks' centroids, over the voxels both masks cover."""
+    (ra, ma), (rb, mb) = a, b
+    pa = np.argwhere(ma)
+    q = pa - np.round(pa.mean(0)).astype(int) + np.round(np.argwhere(mb).mean(0)).astype(int)
+    ok = np.all((q >= 0) & (q < np.array(mb.shape)), axis=1)
+    pa, q = pa[ok], q[ok]
+    both = mb[tuple(q.T)]
+    if not both.any():
+        return float("nan")
+    pa, q = pa[both], q[both]
+    return float(np.abs(ra[(slice(None), *pa.T)] - rb[(slice(None), *q.T)]).mean())
+
+
+def true_diversity(lesions: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The goal's reference: diversity between true lesions of different subjects on the same
+    mask size, as the mean aligned L1 of each subject's lesion with that of the subject whose
+    mask size is nearest (the variants' diversity compares lesions on one mask the same way)."""
+    sizes = np.array([m.sum() for _, m in lesions], float)
+    values = []
+    for i, lesion in enumerate(lesions):
+        gap = np.abs(sizes - sizes[i])
+        gap[i] = np.inf
+        values.append(aligned_l1(lesion, lesions[int(np.argmin(gap))]))
+    return float(np.nanmean(values)) if len(lesions) > 1 else float("nan")
+
+
 def evaluate_heal(args: argparse.Namespace) -> dict:
     """--heal-only: in-lesion L1 of heal-with-mask (f_sub) and of Inp alone against the true
     substrate, per held-out subject (no diffusion, so seconds for many subjects)."""
@@ -188,6 +216,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "div": {m: [] for m in methods},
         "heal_l1": {"f_sub": [], "Inp alone": []},
         "seconds": {m: [] for m in methods},
+        "lesions": [],
     }  # fmt: skip
     for k in range(args.n):
         pair = held_out(k, args.seed, args.lesion, cfg)
@@ -234,6 +263,7 @@ def score_subject(bx: dict, results: dict, cfg, acc: dict) -> None:  # noqa: ANN
     x, m, truth = bx["healthy"].x, bx["healthy"].m, bx["true"].x
     outside = np.broadcast_to(m == 0, x.shape)
     acc["feats"]["true"] += slice_features(truth, m)
+    acc["lesions"].append((truth - x, np.asarray(m).reshape(x.shape[1:]) > 0))
     _texture(acc["tex"]["true"], truth, m, cfg.contrasts)
     for name, images in results.items():
         acc["out_change"][name].append(float(np.abs(images[0] - x)[outside].max()))
@@ -250,7 +280,9 @@ def _texture(store: dict, image: np.ndarray, m: np.ndarray, contrasts) -> None: 
             store[c][key].append(stats[key])
 
 
-def _summarise(args, methods, shift, *, feats, tex, out_change, div, heal_l1, seconds) -> dict:  # noqa: ANN001
+def _summarise(  # noqa: ANN001
+    args, methods, shift, *, feats, tex, out_change, div, heal_l1, seconds, lesions
+) -> dict:
     """Means and AUCs as one JSON-ready dict."""
     real = np.stack(feats["true"])
     auc = {}
@@ -271,6 +303,7 @@ def _summarise(args, methods, shift, *, feats, tex, out_change, div, heal_l1, se
         "texture_within": within_goal(texture, spread),
         "outside_change": {k: mean(v) for k, v in out_change.items()},
         "diversity_l1": {k: mean(v) for k, v in div.items()},
+        "diversity_true_between_subjects": true_diversity(lesions),
         "heal_l1_in_lesion": {k: mean(v) for k, v in heal_l1.items()},
         "seconds_per_implant": {k: mean(v) for k, v in seconds.items()},
     }  # fmt: skip
@@ -304,6 +337,12 @@ def markdown(r: dict) -> str:
     if "image (unpasted)" in r["outside_change"]:
         unpasted = r["outside_change"]["image (unpasted)"]
         lines.append(f"| image, before pasting | | {unpasted:.4f} (mean) | | |")
+    ref = r.get("diversity_true_between_subjects")
+    if ref:
+        ratio = r["diversity_l1"]["deviation"] / ref
+        lines.append(f"| true lesions, between subjects (nearest mask size) | | | {ref:.4f} | |")
+        lines += ["", f"diversity of the deviation variants / between true lesions: {ratio:.2f} "
+                  "(goal ≥ 0.50)"]  # fmt: skip
     names = list(r["realism_auc"])
     lines += ["", "| contrast | statistic | true (± sd) | " + " | ".join(names) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]  # fmt: skip
