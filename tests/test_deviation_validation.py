@@ -43,3 +43,23 @@ def test_validation_reports_implant_realism_only_when_asked():
     assert first["stat_gap"] >= 0 and first["diversity"] > 0  # two draws differ
     assert {"gap_mean", "gap_std", "gap_skewness", "gap_texture"} <= set(first)
     assert model.validation_step(data, gen())["stat_gap"] == first["stat_gap"]  # seeded
+
+
+@pytest.mark.parametrize("recompose", ["blend", "mask"])
+def test_recompose_adds_the_deviation_as_drawn_or_blended(recompose):
+    """recompose = "mask": x̂ = x_sub + m ⊙ r (r whole up to the mask's edge); "blend": S ⊙ r,
+    smaller inside the edge. Off the mask both keep the input bit for bit."""
+    from synthbrain.engines.deviation.ops import blend_map
+    from synthbrain.engines.deviation.tensors import element_generators, implant_tensors
+
+    model = residual_model(sampling={"recompose": recompose})
+    with torch.no_grad():  # zero-initialised heads would draw r = 0
+        for p in model.denoiser.heads.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    data = batch(2)
+    x, m, a = data["images"], data["mask"], torch.ones(2, 2)
+    out = implant_tensors(model, x, m, a, element_generators(3, 2), steps=3)
+    weight = m if recompose == "mask" else blend_map(m, model.config.blend_sigma)
+    assert torch.allclose(out["image"], out["substrate"] + weight * out["deviation"])
+    off = m.expand_as(x) == 0
+    assert torch.equal(out["image"][off], x[off])

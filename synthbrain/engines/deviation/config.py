@@ -58,6 +58,10 @@ class Sampling(BaseModel):
     val_steps: int = Field(
         default=0, ge=0, description="validation implants lesions with this many steps (0: off)"
     )
+    # r is exactly 0 off m (Eq. 8), so S ⊙ r of Eq. 14 never reaches past the mask: it only
+    # attenuates the lesion inside its own edge. "mask" adds r as drawn (x_sub + m ⊙ r), the
+    # lesion the denoiser was trained on; measured better on held-out strokes (docs/deviation.md).
+    recompose: Literal["blend", "mask"] = "blend"
 
 
 class DeviationConfig(BaseModel):

@@ -121,6 +121,12 @@ class DeviationModel(nn.Module):
         """x_sub used at inference: the input outside m and f_sub inside m (our reading)."""
         return self.compose(x, m, self.substrate_raw(x, m, a))
 
+    def recompose_map(self, m: Tensor) -> Tensor:
+        """The weight of the drawn deviation at inference: S (Eq. 14) or m (`recompose`)."""
+        if self.config.sampling.recompose == "mask":
+            return m
+        return blend_map(m, self.config.blend_sigma)
+
     def eps(self, z_t: Tensor, t: Tensor, context: Tensor, m: Tensor, a: Tensor) -> Tensor:
         """ε_θ([z_t, context ⊙ a, m, a], t); context is x_sub (or x ⊙ m̄ for image space)."""
         cond = torch.cat([context * planes(a, z_t), m, planes(a, z_t)], dim=1)

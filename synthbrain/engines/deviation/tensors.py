@@ -22,7 +22,7 @@ from torch import Tensor
 from synthbrain.diffusion import Generators
 from synthbrain.engines.deviation.config import DeviationConfig, load_config
 from synthbrain.engines.deviation.model import ClampX0, DeviationModel, MaskProjection
-from synthbrain.engines.deviation.ops import blend_map, harmonic_fill
+from synthbrain.engines.deviation.ops import harmonic_fill
 from synthbrain.errors import InputError
 from synthbrain.nets import pad_to_multiple, unpad
 
@@ -70,7 +70,7 @@ def implant_tensors(
             return {"image": image, "substrate": x, "raw": raw}
         x_sub = model.substrate_of(x, m, a)
         r = model.sample_deviation(x_sub, m, a, generator, steps=steps, sampler=sampler, eta=eta)
-        image = x_sub + severity * blend_map(m, model.config.blend_sigma) * r  # Eq. 14
+        image = x_sub + severity * model.recompose_map(m) * r  # Eq. 14 (or m ⊙ r)
         return {"image": image, "substrate": x_sub, "deviation": r}
 
 

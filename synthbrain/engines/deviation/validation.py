@@ -18,8 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from synthbrain.engines.deviation.ops import blend_map
-
 STATISTICS = ("mean", "std", "skewness", "texture")
 
 
@@ -74,7 +72,7 @@ def implant_metrics(
         return {}
     a = torch.ones(x.shape[0], model.config.n_contrasts, device=x.device)
     x_sub = model.substrate_of(healthy, m, a)
-    s = blend_map(m, model.config.blend_sigma)
+    s = model.recompose_map(m)
     draws = [
         x_sub + s * model.sample_deviation(x_sub, m, a, generator, steps=steps) for _ in range(2)
     ]
