@@ -10,21 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-from synthbrain.cli import main
+from cli_runner import invoke
 
 COMMANDS = ("preprocess", "train", "generate", "heal", "implant", "enhance", "phantom", "weights")
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    """Call the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+run = invoke  # (exit code, stdout, stderr)
 
 
 def write_scan(

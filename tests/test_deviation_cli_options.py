@@ -8,22 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from cli_runner import invoke_json
 
-from synthbrain.cli import main
 from synthbrain.io.nifti import load_volume
 from tests.test_engine_deviation_cli import needs_stroke, needs_tumor, scans
 
-
-def run(args: list[str], capsys) -> tuple[int, dict, str]:
-    """The CLI in-process with --json; (exit code, summary, stderr)."""
-    try:
-        main([*args, "--json", "--device", "cpu"])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    out = captured.out.strip().splitlines()
-    return code, (json.loads(out[-1]) if code == 0 and out else {}), captured.err
+run = invoke_json  # (exit code, summary, stderr)
 
 
 def folders(tmp_path):

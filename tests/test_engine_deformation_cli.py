@@ -10,8 +10,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from cli_runner import exit_code
 
-from synthbrain.cli import main
 from synthbrain.io.nifti import load_volume
 from tests.niftis import AFFINE_LPS, ball, centred, smooth_pattern, write_nifti
 
@@ -41,12 +41,7 @@ def test_cli_enhance_with_embedded_weights(tmp_path, capsys):
     args = ["enhance", "--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--flair",
             str(paths["flair"]), "--out", str(out), "--mask-out", str(mask_out), "--steps", "4",
             "--json", "--device", "cpu"]  # fmt: skip
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    assert code == 0
+    assert exit_code(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["weights"] == "deformation-glioma-2mm" and summary["steps"] == 4
     t1, t1gd = load_volume(paths["t1"]), load_volume(out)

@@ -9,8 +9,8 @@ import json
 
 import numpy as np
 import pytest
+from cli_runner import invoke_json
 
-from synthbrain.cli import main
 from synthbrain.io.nifti import load_volume
 from tests.niftis import AFFINE_LPS, ball, centred, smooth_pattern, write_nifti
 
@@ -33,15 +33,9 @@ needs_stroke = pytest.mark.skipif(
 )
 
 
-def run(args: list[str], capsys) -> tuple[int, dict]:
+def run(args: list[str], capsys) -> tuple[int, dict]:  # noqa: ANN001
     """The CLI in-process with --json; (exit code, summary)."""
-    try:
-        main([*args, "--json", "--device", "cpu"])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    out = capsys.readouterr().out.strip().splitlines()
-    return code, (json.loads(out[-1]) if code == 0 and out else {})
+    return invoke_json(args, capsys)[:2]
 
 
 def scans(folder):

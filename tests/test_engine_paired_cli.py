@@ -7,9 +7,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from cli_runner import invoke
 from niftis import AFFINE_LPS, centred, write_nifti
-
-from synthbrain.cli import main
 
 
 def _embedded(lesion: str) -> bool:
@@ -28,14 +27,9 @@ needs_weights = pytest.mark.skipif(
 )
 
 
-def run(args: list[str], capsys) -> tuple[int, str]:
+def run(args: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001
     """Call the CLI in-process; return (exit code, stdout)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    return code, capsys.readouterr().out
+    return invoke(args, capsys)[:2]
 
 
 @needs_weights

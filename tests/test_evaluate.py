@@ -7,22 +7,13 @@ import re
 
 import numpy as np
 import pytest
+from cli_runner import invoke
 from evalfolders import AFFINE, write_pairs, write_run
-
-from synthbrain.cli import main
 
 pytest.importorskip("sklearn")
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001
-    """The CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+run = invoke  # (exit code, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

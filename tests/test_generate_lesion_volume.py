@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from cli_runner import invoke
 
 from synthbrain import api
 from synthbrain.errors import InputError
@@ -154,16 +155,10 @@ def test_a_mask_folder_with_a_range_is_refused(tmp_path, weights):
         _gen(tmp_path / "x", weights, masks=tmp_path / "masks", lesion_volume="1:5")
 
 
-def _cli(args: list[str], capsys) -> tuple[int, str]:
+def _cli(args: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001
     """The CLI in-process: (exit code, stderr)."""
-    from synthbrain.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    return code, capsys.readouterr().err
+    code, _, err = invoke(args, capsys)
+    return code, err
 
 
 def test_cli_bad_range_is_one_line_exit_2(tmp_path, capsys):

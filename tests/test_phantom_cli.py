@@ -8,17 +8,11 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+from cli_runner import exit_code
 
-from synthbrain.cli import main
 from synthbrain.io.outputs import merge_manifests, read_manifest, validate_manifest
 
-
-def run(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else 1
-    return 0
+run = exit_code
 
 
 @pytest.fixture(scope="module")

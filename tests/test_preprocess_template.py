@@ -10,10 +10,10 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+from cli_runner import exit_code
 from niftis import centred, oblique_affine, rotation, write_nifti
 from scipy import ndimage
 
-from synthbrain.cli import main
 from synthbrain.errors import InputError
 from synthbrain.io.dataset import read_info
 from synthbrain.io.geometry import resample_array
@@ -222,13 +222,7 @@ def test_default_template_grid_is_the_paired_grid(cohort, tmp_path, tpl):
     assert template_grid(SPACING, 8) == list(GRID)
 
 
-def _cli(args: list[str]) -> int:
-    """The CLI in-process; its exit code."""
-    try:
-        main(args)
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else 1
-    return 0
+_cli = exit_code
 
 
 def test_cli_space_option(cohort, tmp_path, tpl, capsys):

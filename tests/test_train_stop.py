@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import invoke_json
 from safetensors.torch import load_file
 
 from synthbrain.train import fit
@@ -139,18 +139,7 @@ def tiny_set(folder: Path) -> Path:
     return folder / "set.h5"
 
 
-def cli(args: list[str], capsys) -> tuple[int, dict, str]:
-    """The CLI in-process with --json; (exit code, summary, stderr)."""
-    from synthbrain.cli import main
-
-    try:
-        main([*args, "--json", "--device", "cpu"])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    out = captured.out.strip().splitlines()
-    return code, (json.loads(out[-1]) if code == 0 and out else {}), captured.err
+cli = invoke_json  # (exit code, summary, stderr)
 
 
 def test_cli_max_time_prints_resume_and_bad_options(tmp_path: Path, capsys, monkeypatch) -> None:
