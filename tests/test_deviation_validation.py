@@ -43,6 +43,9 @@ def test_validation_reports_implant_realism_only_when_asked():
     assert first["stat_gap"] >= 0 and first["diversity"] > 0  # two draws differ
     assert {"gap_mean", "gap_std", "gap_skewness", "gap_texture"} <= set(first)
     assert model.validation_step(data, gen())["stat_gap"] == first["stat_gap"]  # seeded
+    # a real cohort stores no true substrate: the lesions go into the model's own substrate
+    real = model.validation_step({k: data[k] for k in ("images", "mask")}, gen())
+    assert "sub_l1" not in real and real["stat_gap"] >= 0
 
 
 @pytest.mark.parametrize("recompose", ["blend", "mask"])

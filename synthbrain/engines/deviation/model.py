@@ -154,20 +154,23 @@ class DeviationModel(nn.Module):
         """The training losses on a validation batch, as floats; with a true substrate in the
         batch also the in-lesion L1 of the substrate (sub_l1) and of Inp alone (inp_l1), the
         task metric that selects the substrate (all contrasts given, as heal sees them), and with
-        `[sampling] val_steps` the realism of implanted lesions (`validation.implant_metrics`)."""
+        `[sampling] val_steps` the realism of lesions implanted into the true substrate (or,
+        where the set has none, into the model's own substrate; `validation.implant_metrics`)."""
         out = {k: float(v) for k, v in self.training_step(batch, generator).items()}
-        if self.substrate is None or "healthy" not in batch:
+        if self.substrate is None:
             return out
-        x, m, healthy = self.window(batch["images"], batch["mask"], generator, batch["healthy"])
+        x, m, healthy = self.window(batch["images"], batch["mask"], generator, batch.get("healthy"))
         a = torch.ones(x.shape[0], self.config.n_contrasts, device=x.device)
-        inside = m.expand_as(x)
         x_sub = self.compose(x, m, self.substrate_raw(x, m, a))
-        x_ph = harmonic_fill(x, m, iterations=self.config.inpaint_iterations)
-        out["sub_l1"] = float(masked_mean((x_sub - healthy).abs(), inside))
-        out["inp_l1"] = float(masked_mean((x_ph - healthy).abs(), inside))
-        if self.config.sampling.val_steps and self.config.space == "deviation":
-            steps = self.config.sampling.val_steps
-            out.update(implant_metrics(self, x, m, healthy, generator, steps))
+        if healthy is not None:
+            inside = m.expand_as(x)
+            x_ph = harmonic_fill(x, m, iterations=self.config.inpaint_iterations)
+            out["sub_l1"] = float(masked_mean((x_sub - healthy).abs(), inside))
+            out["inp_l1"] = float(masked_mean((x_ph - healthy).abs(), inside))
+        if self.config.sampling.val_steps:
+            # real cohorts store no true substrate: implant into the model's own heal instead
+            base = x_sub if healthy is None else healthy
+            out.update(implant_metrics(self, x, m, base, generator, self.config.sampling.val_steps))
         return out
 
     def window(
