@@ -10,7 +10,8 @@ statistic is |batch mean of the implanted − batch mean of the true| in units o
 lesions' spread across the batch (the held-out table's rule, docs/deviation.md); `stat_gap` is
 the mean gap over statistics and contrasts, the value `select_by` can keep the best model by.
 A second draw gives `diversity` (mean in-lesion L1 between two variants), so a collapse of the
-variants shows in the curves.
+variants shows in the curves. Sets without a true substrate (real cohorts) implant into the
+model's own substrate of each window instead.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def implant_metrics(
 ) -> dict[str, float]:
     """stat_gap (overall and per statistic) and diversity of lesions implanted into `healthy`.
 
-    x: the true lesion windows [B, C, *sp]; m: their masks; healthy: the true substrates.
+    x: the true lesion windows [B, C, *sp]; m: their masks; healthy: the true substrates (or,
+    for sets that store none, the model's own substrates of x).
     """
     keep = m.flatten(1).sum(-1) > 0
     x, m, healthy = x[keep], m[keep], healthy[keep]
