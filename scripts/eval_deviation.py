@@ -204,6 +204,8 @@ def evaluate_heal(args: argparse.Namespace) -> dict:
 def evaluate(args: argparse.Namespace) -> dict:
     """Run every method on every held-out subject and collect the metrics."""
     dev = load_bundle(args.weights, lesion=args.lesion, device="cpu").model
+    if args.recompose:
+        dev.config.sampling.recompose = args.recompose
     base = load_bundle(args.baseline, device="cpu").model if args.baseline else None
     cfg = dev.config
     shift = mean_shift(Path(args.train_set), cfg) if args.train_set else np.zeros(cfg.n_contrasts)
@@ -380,6 +382,8 @@ def main() -> None:
     parser.add_argument("--variants", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eta", type=float, default=None, help="DDIM η (default: the weights')")
+    recompose = "override the weights' recomposition (x_sub + S·r or x_sub + m·r)"
+    parser.add_argument("--recompose", choices=["blend", "mask"], default=None, help=recompose)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
