@@ -157,8 +157,9 @@ class DeviationModel(nn.Module):
         `[sampling] val_steps` the realism of lesions implanted into the true substrate (or,
         where the set has none, into the model's own substrate; `validation.implant_metrics`)."""
         out = {k: float(v) for k, v in self.training_step(batch, generator).items()}
-        if self.substrate is None:
-            return out
+        steps = self.config.sampling.val_steps
+        if self.substrate is None or ("healthy" not in batch and not steps):
+            return out  # nothing below to measure
         x, m, healthy = self.window(batch["images"], batch["mask"], generator, batch.get("healthy"))
         a = torch.ones(x.shape[0], self.config.n_contrasts, device=x.device)
         x_sub = self.compose(x, m, self.substrate_raw(x, m, a))
@@ -167,10 +168,10 @@ class DeviationModel(nn.Module):
             x_ph = harmonic_fill(x, m, iterations=self.config.inpaint_iterations)
             out["sub_l1"] = float(masked_mean((x_sub - healthy).abs(), inside))
             out["inp_l1"] = float(masked_mean((x_ph - healthy).abs(), inside))
-        if self.config.sampling.val_steps:
+        if steps:
             # real cohorts store no true substrate: implant into the model's own heal instead
             base = x_sub if healthy is None else healthy
-            out.update(implant_metrics(self, x, m, base, generator, self.config.sampling.val_steps))
+            out.update(implant_metrics(self, x, m, base, generator, steps))
         return out
 
     def window(
