@@ -142,6 +142,19 @@ def slice_features(image: np.ndarray, m: np.ndarray, min_voxels: int = 10) -> li
     return rows
 
 
+FEATURES = ("mean", "sd", "skewness", "kurtosis", "p10", "p90", "edge gradient")
+
+
+def auc_by_feature(real: np.ndarray, fake: np.ndarray, contrasts) -> dict:  # noqa: ANN001
+    """What the realism classifier keys on: its AUC on one feature of slice_features across
+    contrasts, and on all features of one contrast (columns are contrast-major)."""
+    width = len(FEATURES)
+    groups = {f: [c * width + i for c in range(len(contrasts))] for i, f in enumerate(FEATURES)}
+    groups |= {c: list(range(j * width, (j + 1) * width)) for j, c in enumerate(contrasts)}
+    return {name: realism_auc(real[:, cols], fake[:, cols], bootstrap=1, seed=0).auc
+            for name, cols in groups.items()}  # fmt: skip
+
+
 def diversity(images: list[np.ndarray], m: np.ndarray) -> float:
     """Mean pairwise L1 inside the mask between variants (model units); 0 for one output."""
     pairs = list(itertools.combinations(images, 2))
@@ -291,6 +304,7 @@ def _summarise(  # noqa: ANN001
     for name in methods:
         res = realism_auc(real, np.stack(feats[name]), bootstrap=args.bootstrap, seed=0)
         auc[name] = {"auc": res.auc, "ci": [res.ci_low, res.ci_high], "n": [res.n_real, res.n_fake]}
+    by_feature = auc_by_feature(real, np.stack(feats["deviation"]), list(tex["true"]))
     mean = lambda v: float(np.nanmean(v)) if len(v) else float("nan")  # noqa: E731
     texture = {
         m: {c: {k: mean(v) for k, v in d.items()} for c, d in t.items()} for m, t in tex.items()
@@ -301,7 +315,8 @@ def _summarise(  # noqa: ANN001
         "subjects": args.n, "seed": args.seed, "variants": args.variants, "steps": args.steps,
         "eta": args.eta,
         "weights": args.weights, "baseline": args.baseline, "mean_shift": shift.tolist(),
-        "realism_auc": auc, "texture": texture, "true_spread": spread,
+        "realism_auc": auc, "realism_auc_by_feature": by_feature,
+        "texture": texture, "true_spread": spread,
         "texture_within": within_goal(texture, spread),
         "outside_change": {k: mean(v) for k, v in out_change.items()},
         "diversity_l1": {k: mean(v) for k, v in div.items()},
@@ -345,6 +360,10 @@ def markdown(r: dict) -> str:
         lines.append(f"| true lesions, between subjects (nearest mask size) | | | {ref:.4f} | |")
         lines += ["", f"diversity of the deviation variants / between true lesions: {ratio:.2f} "
                   "(goal ≥ 0.50)"]  # fmt: skip
+    by_feature = r.get("realism_auc_by_feature", {})
+    if by_feature:
+        lines += ["", "realism AUC of the deviation lesions on one feature group: " + ", ".join(
+            f"{name} {value:.2f}" for name, value in by_feature.items())]  # fmt: skip
     names = list(r["realism_auc"])
     lines += ["", "| contrast | statistic | true (± sd) | " + " | ".join(names) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]  # fmt: skip
