@@ -215,7 +215,8 @@ def check_enhance(
     overwrite: bool = False,
     **_: Any,
 ) -> EnhanceInputs:
-    """Validate enhance inputs: all three contrasts, one grid (or --register), safe outputs."""
+    """Validate enhance inputs: all three contrasts, one grid (or --register), safe outputs, and
+    T2 / FLAIR lining up with T1 (`spatial.agreement`: refuses another subject's scans)."""
     from synthbrain.io.nifti import load_volume
     from synthbrain.io.validate import check_same_grid
 
@@ -241,6 +242,11 @@ def check_enhance(
     inputs = [p for p in given.values()]
     target = check_output_file(target, inputs, overwrite)
     mask_target = check_output_file(Path(mask_out), inputs, overwrite) if mask_out else None
+    if not register:  # with --register the engine checks after registering
+        from synthbrain.spatial.agreement import check_same_subject
+
+        for name in ("t2", "flair"):
+            check_same_subject(volumes["t1"], volumes[name], what=name)
     return EnhanceInputs(
         t1=volumes["t1"], t2=volumes["t2"], flair=volumes["flair"], out=target,
         mask_out=mask_target, ignored=ignored,

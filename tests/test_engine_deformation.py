@@ -446,4 +446,20 @@ def test_enhance_registers_t2_and_flair_on_other_grids(tmp_path, tiny_weights):
         weights=str(tiny_weights), steps=2, register=True,
     )  # fmt: skip
     assert set(summary["registered"]) == {"t2", "flair"}
+    assert min(r["edge_agreement"] for r in summary["registered"].values()) > 0.9
     assert nib.load(tmp_path / "r.nii.gz").shape == nib.load(paths["t1"]).shape
+
+
+def test_enhance_refuses_registered_scans_of_another_subject(tmp_path, tiny_weights):
+    from synthbrain import api
+
+    paths = _write_subject(tmp_path, AFFINE_OBLIQUE)
+    shape = (18, 20, 16)
+    aff = centred(AFFINE_LPS, shape)
+    other = (smooth_pattern(shape, aff, wavelength=11.0) * 500 + 40) * ball(shape, aff, 9.0)
+    t2 = write_nifti(tmp_path / "other_t2.nii.gz", other, aff, dtype=np.int16)
+    out = tmp_path / "r.nii.gz"
+    with pytest.raises(InputError, match="does not line up with t1") as err:
+        api.enhance(t1=paths["t1"], t2=t2, flair=paths["flair"], out=out,
+                    weights=str(tiny_weights), steps=2, register=True)  # fmt: skip
+    assert err.value.path == t2 and not out.exists()

@@ -326,12 +326,18 @@ def implant(
     _call(ctx, "implant", locals())
 
 
+T1_HELP = (
+    "Native (pre-contrast) T1 (NIfTI). A T1 that is already contrast-enhanced cannot be detected "
+    "reliably and is not refused: check it is the native one."
+)
+
+
 @app.command()
 def enhance(
     subject: Annotated[
         Path | None, typer.Argument(help="A BraTS-layout subject folder (instead of --t1 …).")
     ] = None,
-    t1: Annotated[Path | None, typer.Option(help="Native T1 (NIfTI).")] = None,
+    t1: Annotated[Path | None, typer.Option(help=T1_HELP)] = None,
     t2: Annotated[Path | None, typer.Option(help="T2 (NIfTI).")] = None,
     flair: Annotated[Path | None, typer.Option(help="FLAIR (NIfTI).")] = None,
     out: Annotated[Path | None, typer.Option(help="Synthetic T1Gd to write.")] = None,
@@ -348,6 +354,10 @@ def enhance(
     progress: Progress = None,
 ) -> None:
     """Synthesise a contrast-enhanced T1 and its enhancing-tumour mask from T1, T2 and FLAIR.
+
+    T2 and FLAIR whose edges do not line up with T1's are refused (another subject, unaligned).
+
+    A T1 that is already contrast-enhanced cannot be detected: give the native one.
 
     Example: synthbrain enhance --t1 t1.nii.gz --t2 t2.nii.gz --flair flair.nii.gz --out t1gd.nii.gz
     """

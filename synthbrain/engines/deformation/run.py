@@ -179,6 +179,7 @@ def enhance(
         to_model_grid,
     )
     from synthbrain.engines.deformation.volume import brain_box, enhance_volume
+    from synthbrain.spatial.agreement import check_same_subject
     from synthbrain.training.config import resolve_device
 
     started = time.perf_counter()
@@ -200,6 +201,8 @@ def enhance(
         for name in ("t2", "flair"):
             reporter.info(f"registering {name} onto t1 (rigid, mutual information)")
             volumes[name], registration[name] = register_rigid(inputs.t1, volumes[name], seed=seed)
+            agreement = check_same_subject(inputs.t1, volumes[name], name)
+            registration[name]["edge_agreement"] = round(agreement, 4)
     grid = to_model_grid({c: volumes[c] for c in config.contrasts}, config.spacing, config.grid)
     n_steps = _effective_steps(model, steps, sampler)
     n_slices = len(brain_box(grid.brain_grid)[2])
