@@ -151,8 +151,14 @@ def auc_by_feature(real: np.ndarray, fake: np.ndarray, contrasts) -> dict:  # no
     width = len(FEATURES)
     groups = {f: [c * width + i for c in range(len(contrasts))] for i, f in enumerate(FEATURES)}
     groups |= {c: list(range(j * width, (j + 1) * width)) for j, c in enumerate(contrasts)}
-    return {name: realism_auc(real[:, cols], fake[:, cols], bootstrap=1, seed=0).auc
-            for name, cols in groups.items()}  # fmt: skip
+    out = {name: realism_auc(real[:, cols], fake[:, cols], bootstrap=1, seed=0).auc
+           for name, cols in groups.items()}  # fmt: skip
+    out["means, true / implanted"] = {
+        f"{c}/{f}": [round(float(real[:, j * width + i].mean()), 4),
+                     round(float(fake[:, j * width + i].mean()), 4)]
+        for j, c in enumerate(contrasts) for i, f in enumerate(FEATURES)
+    }  # fmt: skip
+    return out
 
 
 def diversity(images: list[np.ndarray], m: np.ndarray) -> float:
@@ -363,7 +369,8 @@ def markdown(r: dict) -> str:
     by_feature = r.get("realism_auc_by_feature", {})
     if by_feature:
         lines += ["", "realism AUC of the deviation lesions on one feature group: " + ", ".join(
-            f"{name} {value:.2f}" for name, value in by_feature.items())]  # fmt: skip
+            f"{name} {value:.2f}" for name, value in by_feature.items()
+            if isinstance(value, float))]  # fmt: skip
     names = list(r["realism_auc"])
     lines += ["", "| contrast | statistic | true (± sd) | " + " | ".join(names) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]  # fmt: skip
