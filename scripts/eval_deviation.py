@@ -225,6 +225,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     dev = load_bundle(args.weights, lesion=args.lesion, device="cpu").model
     if args.recompose:
         dev.config.sampling.recompose = args.recompose
+    if args.spacing:
+        dev.config.sampling.spacing = args.spacing
     base = load_bundle(args.baseline, device="cpu").model if args.baseline else None
     cfg = dev.config
     shift = mean_shift(Path(args.train_set), cfg) if args.train_set else np.zeros(cfg.n_contrasts)
@@ -319,7 +321,7 @@ def _summarise(  # noqa: ANN001
     spread = {c: {k: float(np.nanstd(v)) for k, v in d.items()} for c, d in tex["true"].items()}
     return {
         "subjects": args.n, "seed": args.seed, "variants": args.variants, "steps": args.steps,
-        "eta": args.eta,
+        "eta": args.eta, "spacing": args.spacing,
         "weights": args.weights, "baseline": args.baseline, "mean_shift": shift.tolist(),
         "realism_auc": auc, "realism_auc_by_feature": by_feature,
         "texture": texture, "true_spread": spread,
@@ -410,6 +412,8 @@ def main() -> None:
     parser.add_argument("--eta", type=float, default=None, help="DDIM η (default: the weights')")
     recompose = "override the weights' recomposition (x_sub + S·r or x_sub + m·r)"
     parser.add_argument("--recompose", choices=["blend", "mask"], default=None, help=recompose)
+    spacing = "override the weights' timestep spacing (trailing, linspace, leading, logsnr)"
+    parser.add_argument("--spacing", default=None, help=spacing)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)

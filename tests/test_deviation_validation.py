@@ -66,3 +66,17 @@ def test_recompose_adds_the_deviation_as_drawn_or_blended(recompose):
     assert torch.allclose(out["image"], out["substrate"] + weight * out["deviation"])
     off = m.expand_as(x) == 0
     assert torch.equal(out["image"][off], x[off])
+
+
+def test_timestep_spacing_comes_from_the_config():
+    """trailing (the default) ends with x̂0 taken at t = T/steps − 1; logsnr reaches t = 0 with
+    more of its steps below that, where a lesion's texture is drawn."""
+    n = 8
+    trailing = residual_model()._steps(n, "ddim")
+    logsnr = residual_model(sampling={"spacing": "logsnr"})._steps(n, "ddim")
+    T = residual_model().schedule.T  # noqa: N806
+    assert len(trailing) == len(logsnr) == n
+    assert int(trailing[0]) == int(logsnr[0]) == T - 1
+    assert int(trailing[-1]) == T // n - 1 and int(logsnr[-1]) == 0
+    assert int((logsnr < T // n).sum()) >= 2
+    assert torch.all(logsnr[:-1] > logsnr[1:])

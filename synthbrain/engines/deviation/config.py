@@ -62,6 +62,11 @@ class Sampling(BaseModel):
     # attenuates the lesion inside its own edge. "mask" adds r as drawn (x_sub + m ⊙ r), the
     # lesion the denoiser was trained on; measured better on held-out strokes (docs/deviation.md).
     recompose: Literal["blend", "mask"] = "blend"
+    # Where the steps fall. "trailing" ends with x̂0 predicted at t = T/steps − 1 (t = 39 for 25
+    # steps: noise of 0.14 in r's units, above a lesion's texture, so that texture is averaged
+    # away, never drawn); "logsnr" spaces the steps uniformly in log-SNR, so the last ones are
+    # drawn at t ≈ 19, 11, 6, 3, 1, 0 for the same cost (docs/deviation.md).
+    spacing: Literal["trailing", "linspace", "leading", "logsnr"] = "trailing"
 
 
 class DeviationConfig(BaseModel):

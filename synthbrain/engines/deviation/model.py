@@ -283,9 +283,10 @@ class DeviationModel(nn.Module):
         return denoise
 
     def _steps(self, steps: int | None, sampler: str) -> Tensor:
-        """Descending timesteps: every step for ddpm, else `steps` evenly spaced."""
+        """Descending timesteps: every step for ddpm, else `steps` by `sampling.spacing`."""
         n = steps or self.config.sampling.steps
-        return timesteps_for(sampler, self.schedule.T, n, spacing="trailing")
+        spacing = self.config.sampling.spacing
+        return timesteps_for(sampler, self.schedule.T, n, spacing=spacing, schedule=self.schedule)
 
     @torch.no_grad()
     def sample_deviation(
