@@ -48,6 +48,7 @@ def test_without_lesion_the_default_stays_tumor(tmp_path, capsys):
     args = ["implant", str(t1), "--mask", str(mask), "--engine", "deviation", "--steps", "2"]
     code, summary, _ = run([*args, "--out", str(tmp_path / "i.nii.gz")], capsys)
     assert code == 0 and summary["weights"] == "deviation-tumor-2mm" and summary["eta"] == 1.0
+    assert summary["spacing"] in ("trailing", "logsnr")  # the weights' own timestep spacing
 
 
 @needs_stroke

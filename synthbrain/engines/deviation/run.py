@@ -246,7 +246,8 @@ def implant(inputs: Any, **options: Any) -> EditJob:
 
     seeds = [derive_seed(seed, k) for k in range(variants)]
     extra = {"variants": variants, "severity": severity, "seed": seed, "variant_seeds": seeds,
-             "eta": _eta(bundle, options), **facts}  # fmt: skip
+             "eta": _eta(bundle, options), "spacing": bundle.model.config.sampling.spacing,
+             **facts}  # fmt: skip
     def summary(written: list[str]) -> dict:
         return _summary(bundle, subject, written, started, **extra)
 
