@@ -31,10 +31,27 @@ def voxel_spacing(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
+def coarsened(v: np.ndarray, factors) -> np.ndarray:  # noqa: ANN001
+    """Block means over `factors` voxels per axis (the remainder at the far edges dropped)."""
+    f = [int(k) for k in factors]
+    trimmed = v[tuple(slice(0, (n // k) * k) for n, k in zip(v.shape, f, strict=True))]
+    shape = [x for n, k in zip(trimmed.shape, f, strict=True) for x in (n // k, k)]
+    return trimmed.reshape(shape).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
 def edge_agreement(a: np.ndarray, b: np.ndarray, spacing) -> float:  # noqa: ANN001
     """Correlation of the smoothed gradient magnitudes of a and b inside their common
-    foreground less its outer ERODE_MM; 0 where either image has no edges there."""
+    foreground less its outer ERODE_MM; 0 where either image has no edges there. Grids finer
+    than SMOOTH_MM are block-averaged to about it first (the scale the threshold was set at;
+    a 1 mm head then costs ~0.7 s, not ~5 s)."""
     spacing = np.asarray(spacing, dtype=np.float64)
+    factors = np.maximum(1, np.floor(SMOOTH_MM / spacing)).astype(int)
+    if np.any(factors > 1):
+        a, b = (
+            coarsened(np.asarray(a, np.float32), factors),
+            coarsened(np.asarray(b, np.float32), factors),
+        )
+        spacing = spacing * factors
     foreground = ndimage.binary_fill_holes((a != 0) | (b != 0))
     inner = ndimage.distance_transform_edt(foreground, sampling=spacing) > ERODE_MM
     region = inner if inner.sum() >= MIN_VOXELS else foreground
