@@ -227,6 +227,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         dev.config.sampling.recompose = args.recompose
     if args.spacing:
         dev.config.sampling.spacing = args.spacing
+    if args.invert_tanh:
+        dev.config.sampling.invert_tanh = True
     base = load_bundle(args.baseline, device="cpu").model if args.baseline else None
     cfg = dev.config
     shift = mean_shift(Path(args.train_set), cfg) if args.train_set else np.zeros(cfg.n_contrasts)
@@ -321,7 +323,7 @@ def _summarise(  # noqa: ANN001
     spread = {c: {k: float(np.nanstd(v)) for k, v in d.items()} for c, d in tex["true"].items()}
     return {
         "subjects": args.n, "seed": args.seed, "variants": args.variants, "steps": args.steps,
-        "eta": args.eta, "spacing": args.spacing,
+        "eta": args.eta, "spacing": args.spacing, "invert_tanh": args.invert_tanh,
         "weights": args.weights, "baseline": args.baseline, "mean_shift": shift.tolist(),
         "realism_auc": auc, "realism_auc_by_feature": by_feature,
         "texture": texture, "true_spread": spread,
@@ -414,6 +416,7 @@ def main() -> None:
     parser.add_argument("--recompose", choices=["blend", "mask"], default=None, help=recompose)
     spacing = "override the weights' timestep spacing (trailing, linspace, leading, logsnr)"
     parser.add_argument("--spacing", default=None, help=spacing)
+    parser.add_argument("--invert-tanh", action="store_true", help="add δ·artanh(r/δ), not r")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)

@@ -80,3 +80,27 @@ def test_timestep_spacing_comes_from_the_config():
     assert int(trailing[-1]) == T // n - 1 and int(logsnr[-1]) == 0
     assert int((logsnr < T // n).sum()) >= 2
     assert torch.all(logsnr[:-1] > logsnr[1:])
+
+
+def test_invert_tanh_undoes_eq5_and_keeps_the_deviation_on_the_mask():
+    """invert_tanh: the drawn r becomes δ·artanh(r/δ) (larger in magnitude, same sign, |Δ| ≤ 1),
+    still exactly 0 off m; the same seed draws the same state either way."""
+    from synthbrain.engines.deviation.tensors import element_generators
+
+    data = batch(2)
+    x, m, a = data["images"], data["mask"], torch.ones(2, 2)
+    plain, inverted = residual_model(), residual_model(sampling={"invert_tanh": True})
+    for model in (plain, inverted):
+        with torch.no_grad():  # zero-initialised heads would draw r = 0
+            torch.manual_seed(5)
+            for p in model.denoiser.heads.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+    r = plain.sample_deviation(x, m, a, element_generators(3, 2), steps=3)
+    big = inverted.sample_deviation(x, m, a, element_generators(3, 2), steps=3)
+    delta = plain.config.delta
+    bound = torch.tanh(torch.tensor(1.0 / delta))
+    expected = delta * torch.atanh((r / delta).clamp(-bound, bound))
+    assert torch.allclose(big, expected, atol=1e-5)
+    off = m.expand_as(r) == 0
+    assert torch.all(big[off] == 0) and float(big.abs().max()) <= 1.0 + 1e-5
+    assert torch.all(big.abs() >= r.abs() - 1e-6) and float(r.abs().max()) > 0

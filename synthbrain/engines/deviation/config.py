@@ -67,6 +67,10 @@ class Sampling(BaseModel):
     # away, never drawn); "logsnr" spaces the steps uniformly in log-SNR, so the last ones are
     # drawn at t ≈ 19, 11, 6, 3, 1, 0 for the same cost (docs/deviation.md).
     spacing: Literal["trailing", "linspace", "leading", "logsnr"] = "trailing"
+    # The model draws r in the bounded space of Eq. 5, r = δ·tanh(Δ/δ), which shrinks large
+    # deviations (a stroke's dark core by ~10 % at δ = 1). True: add Δ = δ·artanh(r/δ) instead
+    # (our reading of δ as a soft bound, not a scale; |Δ| ≤ 1, the intensity range).
+    invert_tanh: bool = False
 
 
 class DeviationConfig(BaseModel):

@@ -7,6 +7,7 @@ given). The diffusion state is the normalised deviation z = r / δ (Eq. 5 bounds
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -315,7 +316,11 @@ class DeviationModel(nn.Module):
             self._denoiser(x_sub, m, a), z_T, self.schedule, self._steps(steps, sampler),
             sampler=sampler, eta=eta, generator=generator, hooks=hooks, callback=callback,
         )  # fmt: skip
-        return self.config.delta * z0 * m
+        delta = self.config.delta
+        if self.config.sampling.invert_tanh:  # Eq. 5 undone; deviations beyond ±1 cannot be
+            bound = math.tanh(1.0 / delta)  # in [0, 1] intensities, so |Δ| ≤ 1
+            return delta * torch.atanh(z0.clamp(-bound, bound)) * m
+        return delta * z0 * m
 
     @torch.no_grad()
     def sample_image(
