@@ -229,6 +229,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         dev.config.sampling.spacing = args.spacing
     if args.invert_tanh:
         dev.config.sampling.invert_tanh = True
+    if args.clamp_image:
+        dev.config.sampling.clamp_image = True
     base = load_bundle(args.baseline, device="cpu").model if args.baseline else None
     cfg = dev.config
     shift = mean_shift(Path(args.train_set), cfg) if args.train_set else np.zeros(cfg.n_contrasts)
@@ -324,6 +326,7 @@ def _summarise(  # noqa: ANN001
     return {
         "subjects": args.n, "seed": args.seed, "variants": args.variants, "steps": args.steps,
         "eta": args.eta, "spacing": args.spacing, "invert_tanh": args.invert_tanh,
+        "clamp_image": args.clamp_image,
         "weights": args.weights, "baseline": args.baseline, "mean_shift": shift.tolist(),
         "realism_auc": auc, "realism_auc_by_feature": by_feature,
         "texture": texture, "true_spread": spread,
@@ -417,6 +420,7 @@ def main() -> None:
     spacing = "override the weights' timestep spacing (trailing, linspace, leading, logsnr)"
     parser.add_argument("--spacing", default=None, help=spacing)
     parser.add_argument("--invert-tanh", action="store_true", help="add δ·artanh(r/δ), not r")
+    parser.add_argument("--clamp-image", action="store_true", help="x̂ on m kept in [0, 1]")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)

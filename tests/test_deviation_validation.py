@@ -104,3 +104,16 @@ def test_invert_tanh_undoes_eq5_and_keeps_the_deviation_on_the_mask():
     off = m.expand_as(r) == 0
     assert torch.all(big[off] == 0) and float(big.abs().max()) <= 1.0 + 1e-5
     assert torch.all(big.abs() >= r.abs() - 1e-6) and float(r.abs().max()) > 0
+
+
+def test_clamp_image_keeps_the_lesion_in_the_training_range_and_the_rest_exact():
+    data = batch(2)
+    x_sub, m = data["images"], data["mask"]
+    r = 3.0 * torch.ones_like(x_sub) * m - 0.1 * m  # pushes the lesion far above 1
+    plain = residual_model(sampling={"recompose": "mask"}).recompose(x_sub, m, r)
+    clamped = residual_model(sampling={"recompose": "mask", "clamp_image": True})
+    kept = clamped.recompose(x_sub, m, r)
+    on = m.expand_as(x_sub) > 0
+    assert float(plain[on].max()) > 1.0 and float(kept[on].max()) <= 1.0
+    assert float(kept[on].min()) >= 0.0
+    assert torch.equal(kept[~on], x_sub[~on]) and torch.equal(plain[~on], x_sub[~on])

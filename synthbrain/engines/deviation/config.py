@@ -71,6 +71,9 @@ class Sampling(BaseModel):
     # deviations (a stroke's dark core by ~10 % at δ = 1). True: add Δ = δ·artanh(r/δ) instead
     # (our reading of δ as a soft bound, not a scale; |Δ| ≤ 1, the intensity range).
     invert_tanh: bool = False
+    # Training images are windowed into [0, 1] and saturate there (most of a phantom glioma's
+    # FLAIR sits at 1.0); x_sub + r can leave that range. True: clamp x̂ to [0, 1] on m.
+    clamp_image: bool = False
 
 
 class DeviationConfig(BaseModel):

@@ -128,6 +128,14 @@ class DeviationModel(nn.Module):
             return m
         return blend_map(m, self.config.blend_sigma)
 
+    def recompose(self, x_sub: Tensor, m: Tensor, r: Tensor, severity: float = 1.0) -> Tensor:
+        """x̂ = x_sub + severity · (S or m) ⊙ r (Eq. 14); with `clamp_image`, x̂ on m is kept in
+        [0, 1], the intensity range every training image lives in (off m x̂ is x_sub as given)."""
+        image = x_sub + severity * self.recompose_map(m) * r
+        if not self.config.sampling.clamp_image:
+            return image
+        return torch.where(m.expand_as(image) > 0, image.clamp(0.0, 1.0), image)
+
     def eps(self, z_t: Tensor, t: Tensor, context: Tensor, m: Tensor, a: Tensor) -> Tensor:
         """ε_θ([z_t, context ⊙ a, m, a], t); context is x_sub (or x ⊙ m̄ for image space)."""
         cond = torch.cat([context * planes(a, z_t), m, planes(a, z_t)], dim=1)

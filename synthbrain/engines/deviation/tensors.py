@@ -70,7 +70,7 @@ def implant_tensors(
             return {"image": image, "substrate": x, "raw": raw}
         x_sub = model.substrate_of(x, m, a)
         r = model.sample_deviation(x_sub, m, a, generator, steps=steps, sampler=sampler, eta=eta)
-        image = x_sub + severity * model.recompose_map(m) * r  # Eq. 14 (or m ⊙ r)
+        image = model.recompose(x_sub, m, r, severity)  # Eq. 14 (or m ⊙ r)
         return {"image": image, "substrate": x_sub, "deviation": r}
 
 

@@ -74,9 +74,9 @@ def implant_metrics(
         return {}
     a = torch.ones(x.shape[0], model.config.n_contrasts, device=x.device)
     x_sub = model.substrate_of(healthy, m, a)
-    s = model.recompose_map(m)
     draws = [
-        x_sub + s * model.sample_deviation(x_sub, m, a, generator, steps=steps) for _ in range(2)
+        model.recompose(x_sub, m, model.sample_deviation(x_sub, m, a, generator, steps=steps))
+        for _ in range(2)
     ]
     gaps = stat_gap(lesion_statistics(draws[0].float(), m), lesion_statistics(x.float(), m))
     inside = m.expand_as(x)
