@@ -86,10 +86,11 @@ def implant_gmacs(model, subject, steps: int) -> float:  # noqa: ANN001
                        min_size=cfg.min_size, multiple=model.multiple, dims=cfg.dims)  # fmt: skip
     box = to_box(subject, cfg.contrasts, grid)
     xb, mb, _, _ = box_batch(box.x, box.m, cfg.dims, model.multiple)
-    c = cfg.n_contrasts
-    sub = conv_macs(model.substrate, torch.zeros(xb.shape[0], 2 * c + 1, *xb.shape[2:]))
+    # each network's own input width (the residual substrate also takes Inp(x, m))
+    zeros = lambda net: torch.zeros(xb.shape[0], net.in_channels, *xb.shape[2:])  # noqa: E731
+    sub = conv_macs(model.substrate, zeros(model.substrate))
     t = torch.zeros(xb.shape[0], dtype=torch.long)
-    den = conv_macs(model.denoiser, torch.zeros(xb.shape[0], 3 * c + 1, *xb.shape[2:]), t)
+    den = conv_macs(model.denoiser, zeros(model.denoiser), t)
     return (sub + steps * den) / 1e9
 
 
