@@ -16,7 +16,8 @@ import json
 import numpy as np
 from scipy import ndimage
 
-from synthbrain.spatial.agreement import MIN_EDGE_AGREEMENT, edge_agreement, voxel_spacing
+from synthbrain.io.nifti import voxel_sizes
+from synthbrain.spatial.agreement import MIN_EDGE_AGREEMENT, edge_agreement
 
 
 def subjects(n: int) -> list:
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=6)
     args = parser.parse_args()
     subs = subjects(args.n)
-    spacing = voxel_spacing(subs[0].affine)
+    spacing = voxel_sizes(subs[0].affine)
     rng = np.random.default_rng(0)
     kinds = ("same", "same, 10 % noise", "same, shifted 1 voxel", "same, shifted 2 voxels",
              "other phantom", "MNI152 T1 vs phantom")  # fmt: skip

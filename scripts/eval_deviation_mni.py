@@ -101,20 +101,11 @@ def implant_one(folder: Path, inputs: dict, mask: np.ndarray, lesion: str, seed:
 
 
 def output_for(summary: dict, contrast: str) -> Path:
-    """The written file of one extra contrast, from the run summary."""
-    for value in json_paths(summary):
+    """The written file of one extra contrast, from the run summary's `outputs` list."""
+    for value in summary["outputs"]:
         if contrast in Path(value).name and "editmask" not in Path(value).name:
             return Path(value)
-    raise SystemExit(f"implant wrote no {contrast} output: {summary}")
-
-
-def json_paths(value) -> list[str]:  # noqa: ANN001
-    """Every string in a nested summary that names a NIfTI file."""
-    if isinstance(value, dict):
-        return [p for v in value.values() for p in json_paths(v)]
-    if isinstance(value, list):
-        return [p for v in value for p in json_paths(v)]
-    return [value] if isinstance(value, str) and value.endswith((".nii", ".nii.gz")) else []
+    raise SystemExit(f"implant wrote no {contrast} output: {summary['outputs']}")
 
 
 def figure(examples: dict, path: Path) -> None:

@@ -9,12 +9,11 @@ from cli_runner import invoke
 from niftis import AFFINE_OBLIQUE, ball, centred, smooth_pattern, write_nifti
 
 from synthbrain.errors import InputError
-from synthbrain.io.nifti import Volume
+from synthbrain.io.nifti import Volume, voxel_sizes
 from synthbrain.spatial.agreement import (
     MIN_EDGE_AGREEMENT,
     check_same_subject,
     edge_agreement,
-    voxel_spacing,
 )
 
 
@@ -31,7 +30,7 @@ def phantoms():  # noqa: ANN201
 
 def test_one_subjects_contrasts_agree_and_another_subjects_do_not(phantoms):
     a, b = phantoms
-    spacing = voxel_spacing(a.affine)
+    spacing = voxel_sizes(a.affine)
     for contrast in ("t2", "flair"):
         assert edge_agreement(a.images["t1"], a.images[contrast], spacing) > 0.5
         assert edge_agreement(a.images["t1"], b.images[contrast], spacing) < MIN_EDGE_AGREEMENT
@@ -43,7 +42,7 @@ def test_a_fine_grid_is_judged_at_the_coarse_scale(phantoms):
     up = lambda v: np.repeat(np.repeat(np.repeat(v, 2, 0), 2, 1), 2, 2)  # noqa: E731
     for other, expected in ((a, True), (b, False)):
         fine = edge_agreement(up(a.images["t1"]), up(other.images["t2"]), (1.0, 1.0, 1.0))
-        coarse = edge_agreement(a.images["t1"], other.images["t2"], voxel_spacing(a.affine))
+        coarse = edge_agreement(a.images["t1"], other.images["t2"], voxel_sizes(a.affine))
         assert abs(fine - coarse) < 0.05 and (fine >= MIN_EDGE_AGREEMENT) == expected
 
 
@@ -52,7 +51,7 @@ def test_an_image_without_edges_scores_zero_and_is_refused_by_name(tmp_path):
     aff = centred(AFFINE_OBLIQUE, shape)
     t1 = Volume((smooth_pattern(shape, aff) * 300 + 40) * ball(shape, aff, 9.0), aff)
     flat = Volume(np.ones(shape, np.float32), aff, path=tmp_path / "flat.nii.gz")
-    assert edge_agreement(t1.data, flat.data, voxel_spacing(aff)) == 0.0
+    assert edge_agreement(t1.data, flat.data, voxel_sizes(aff)) == 0.0
     with pytest.raises(InputError, match="does not line up with t1") as err:
         check_same_subject(t1, flat, "t2")
     assert err.value.path == tmp_path / "flat.nii.gz"

@@ -19,16 +19,12 @@ import numpy as np
 from scipy import ndimage
 
 from synthbrain.errors import InputError
+from synthbrain.io.nifti import voxel_sizes
 
 MIN_EDGE_AGREEMENT = 0.30
 SMOOTH_MM = 2.0  # gradient scale: above noise, below the cortex's folds
 ERODE_MM = 6.0  # how much of the foreground's outline is left out
 MIN_VOXELS = 64  # below this the eroded region is too small to judge: use the whole foreground
-
-
-def voxel_spacing(affine: np.ndarray) -> np.ndarray:
-    """Voxel size in mm along each array axis."""
-    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
 def coarsened(v: np.ndarray, factors) -> np.ndarray:  # noqa: ANN001
@@ -66,7 +62,7 @@ def edge_agreement(a: np.ndarray, b: np.ndarray, spacing) -> float:  # noqa: ANN
 def check_same_subject(reference, other, what: str, reference_name: str = "t1") -> float:  # noqa: ANN001
     """The edge agreement of two Volumes on one grid; InputError naming `other`'s file when it is
     below MIN_EDGE_AGREEMENT (another subject's scan, or not registered onto the reference)."""
-    score = edge_agreement(reference.data, other.data, voxel_spacing(reference.affine))
+    score = edge_agreement(reference.data, other.data, voxel_sizes(reference.affine))
     if score < MIN_EDGE_AGREEMENT:
         raise InputError(
             f"{what} does not line up with {reference_name} (edge agreement {score:.2f}, needs "
