@@ -82,6 +82,12 @@ def _normalised(data: np.ndarray) -> np.ndarray:
     return np.clip((data - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+def sampling_seed(seed: int) -> int:
+    """A metric-sampling seed SimpleITK honours: it reads 0 as sitkWallClock (a fresh seed each
+    call), so run seed 0, the default, sampled differently every run; seeds map to 1 … 2**31 − 1."""
+    return int(seed) % (2**31 - 1) + 1
+
+
 def _method(seed: int, iterations: int):  # noqa: ANN202 - SimpleITK method
     """Mattes MI, multi-resolution, regular-step gradient descent with physical shift scales."""
     import SimpleITK as sitk
@@ -89,7 +95,7 @@ def _method(seed: int, iterations: int):  # noqa: ANN202 - SimpleITK method
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.25, seed)
+    reg.SetMetricSamplingPercentage(0.25, sampling_seed(seed))
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, relaxationFactor=0.6,

@@ -38,14 +38,14 @@ def register_rigid(
     """
     import SimpleITK as sitk
 
-    from synthbrain.spatial.registration import to_sitk
+    from synthbrain.spatial.registration import sampling_seed, to_sitk
 
     fixed_img = to_sitk(fixed.data.astype(np.float32), fixed.affine)
     moving_img = to_sitk(moving.data.astype(np.float32), moving.affine)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.2, int(seed) % (2**31))
+    reg.SetMetricSamplingPercentage(0.2, sampling_seed(seed))
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-4, numberOfIterations=iterations,
